@@ -1,0 +1,166 @@
+"""HTTP API of executions: run (whole or streamed), history, events, cancel."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlencode
+
+from django.http import StreamingHttpResponse
+from django.utils.dateparse import parse_datetime
+from rest_framework import serializers
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from executions import events, selectors, services
+from executions.models import FINISHED, Execution, Status
+from executions.validation import ExecuteSerializer, build_spec, resolve_limits
+from isol8_site.errors import ApiError, not_found, validation_error
+from tenants.authentication import Principal
+
+PAGE_SIZE = 50
+
+
+def sse_response(stream: Any, execution_id: object) -> StreamingHttpResponse:
+    response = StreamingHttpResponse(stream, content_type="text/event-stream")
+    response["Cache-Control"] = "no-cache"
+    response["X-Accel-Buffering"] = "no"  # proxies must not buffer a live stream
+    response["X-Execution-Id"] = str(execution_id)
+    return response
+
+
+class ExecuteBase(APIView):
+    """Shared by /execute and /execute/stream: the same validation, policy and recording."""
+
+    streamed = False
+
+    def start(self, request: Request) -> Execution:
+        principal: Principal = request.user  # type: ignore[assignment]
+        if not isinstance(request.data, dict):
+            raise validation_error("The body must be a JSON object")
+        serializer = ExecuteSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        options = data.get("options", {})
+        limits = resolve_limits(tenant=principal.tenant, request=data["request"], options=options)
+        spec = build_spec(data["request"], options)
+        if data.get("sessionId"):
+            raise ApiError(403, "policy_denied", "Sessions are not enabled on this server yet")
+        execution = services.execution_create(
+            tenant=principal.tenant, spec=spec, limits=limits, streamed=self.streamed
+        )
+        services.execution_enqueue(execution=execution)
+        return execution
+
+
+class ExecuteApi(ExecuteBase):
+    """POST /execute: run and wait for the result."""
+
+    def post(self, request: Request) -> Response:
+        execution = self.start(request)
+        reply = services.execution_wait(execution=execution)
+        headers = {"Retry-After": "5"} if reply.status == 503 else None
+        return Response(reply.body, status=reply.status, headers=headers)
+
+
+class ExecuteStreamApi(ExecuteBase):
+    """POST /execute/stream: run and stream the events over SSE from the first one."""
+
+    streamed = True
+
+    def post(self, request: Request) -> StreamingHttpResponse:
+        execution = self.start(request)
+        return sse_response(events.stream_events(execution.pk, after=0), execution.pk)
+
+
+class ExecutionListApi(APIView):
+    """GET /executions: this tenant's history, newest first, with filters."""
+
+    class FilterSerializer(serializers.Serializer):  # type: ignore[type-arg]
+        status = serializers.ChoiceField(choices=Status.choices, required=False)
+        runtime = serializers.CharField(required=False)
+        sessionId = serializers.CharField(required=False)
+        since = serializers.CharField(required=False)
+        until = serializers.CharField(required=False)
+        before = serializers.CharField(required=False)  # cursor: the last id of the previous page
+
+    def get(self, request: Request) -> Response:
+        principal: Principal = request.user  # type: ignore[assignment]
+        filters = self.FilterSerializer(data=request.query_params)
+        filters.is_valid(raise_exception=True)
+        f = filters.validated_data
+        since = _parse_time(f.get("since"), "since")
+        until = _parse_time(f.get("until"), "until")
+        page = selectors.execution_list(
+            tenant=principal.tenant,
+            status=f.get("status"),
+            runtime=f.get("runtime"),
+            session_id=f.get("sessionId"),
+            since=since,
+            until=until,
+            before=f.get("before"),
+            limit=PAGE_SIZE + 1,
+        )
+        rows = list(page)
+        more = len(rows) > PAGE_SIZE
+        rows = rows[:PAGE_SIZE]
+        next_url = None
+        if more:
+            params = {k: v for k, v in request.query_params.items() if k != "before"}
+            params["before"] = str(rows[-1].pk)
+            next_url = request.build_absolute_uri(f"{request.path}?{urlencode(params)}")
+        return Response(
+            {"results": [services.history_record(e) for e in rows], "next": next_url}
+        )
+
+
+def _parse_time(value: str | None, name: str) -> Any:
+    if not value:
+        return None
+    parsed = parse_datetime(value)
+    if parsed is None:
+        raise validation_error(f"{name}: not an ISO-8601 date-time: {value!r}")
+    return parsed
+
+
+class ExecutionDetailApi(APIView):
+    """GET /executions/{id}: one of this tenant's executions."""
+
+    def get(self, request: Request, execution_id: str) -> Response:
+        principal: Principal = request.user  # type: ignore[assignment]
+        execution = selectors.execution_get(tenant=principal.tenant, execution_id=execution_id)
+        if execution is None:
+            raise not_found("Execution not found")
+        return Response(services.history_record(execution))
+
+
+class ExecutionEventsApi(APIView):
+    """GET /executions/{id}/events: the event stream, resumable with Last-Event-ID."""
+
+    def get(self, request: Request, execution_id: str) -> StreamingHttpResponse:
+        principal: Principal = request.user  # type: ignore[assignment]
+        execution = selectors.execution_get(tenant=principal.tenant, execution_id=execution_id)
+        if execution is None:
+            raise not_found("Execution not found")
+        last = request.META.get("HTTP_LAST_EVENT_ID") or request.query_params.get("lastEventId")
+        after = events.parse_last_event_id(last)
+        if not execution.streamed:
+            # Runs answered whole keep their output in the history only; their
+            # stream is rebuilt from it once they have finished.
+            return sse_response(events.replay_finished(execution.pk, after=after), execution.pk)
+        return sse_response(events.stream_events(execution.pk, after=after), execution.pk)
+
+
+class ExecutionCancelApi(APIView):
+    """POST /executions/{id}/cancel: kill a queued or running execution."""
+
+    def post(self, request: Request, execution_id: str) -> Response:
+        principal: Principal = request.user  # type: ignore[assignment]
+        execution = selectors.execution_get(tenant=principal.tenant, execution_id=execution_id)
+        if execution is None:
+            raise not_found("Execution not found")
+        if execution.status in FINISHED:
+            return Response({"ok": False, "status": execution.status, "executionId": str(execution.pk)})
+        execution = services.execution_cancel(execution=execution)
+        return Response({"ok": True, "status": execution.status, "executionId": str(execution.pk)})
+

@@ -1,0 +1,314 @@
+"""Running one execution in a sandbox: the launcher request, the output, the outcome.
+
+This is worker-side logic with no Django models: it takes an ExecutionSpec and
+its Limits, drives a Sandbox, publishes stream events as output arrives, and
+returns a RunResult. services.py turns that into history and API results.
+"""
+
+from __future__ import annotations
+
+import base64
+import codecs
+import posixpath
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from executions.runtimes import BASE_ENV, RUNTIMES, SANDBOX, SETUP_ENV
+from executions.sandbox import Sandbox, SandboxError
+from executions.spec import ExecutionSpec, Limits, RunResult
+
+TIMEOUT_MARKER = "\n--- EXECUTION TIMED OUT ---"
+TIMEOUT_EVENT = "EXECUTION TIMED OUT"
+SETUP_PATH = "/sandbox/.isol8-setup.sh"
+# Extra time the worker gives the launcher past the run's own timeout (output
+# files, kill sweeps) before it declares the sandbox broken.
+LAUNCHER_GRACE_SECONDS = 10.0
+STREAMS = {"o": ("stdout", "code"), "e": ("stderr", "code"), "O": ("stdout", "setup"), "E": ("stderr", "setup")}
+
+Publish = Callable[[str, str, str | None], None]  # (type, data, phase)
+
+
+def truncation_marker(total: int, limit: int) -> str:
+    return f"\n\n--- OUTPUT TRUNCATED ({total} bytes, limit: {limit}) ---"
+
+
+def resolve_workdir(workdir: str) -> str:
+    """isol8's rule: resolved against /sandbox, and it must stay inside."""
+    path = posixpath.normpath(posixpath.join(SANDBOX, workdir or "."))
+    if path != SANDBOX and not path.startswith(SANDBOX + "/"):
+        raise ValueError("Working directory must be inside /sandbox")
+    return path
+
+
+def build_request(
+    spec: ExecutionSpec, limits: Limits, *, in_session: bool, max_file_bytes: int
+) -> dict[str, Any]:
+    """The launcher's ``run`` request for a spec (files, argv, env, limits)."""
+    runtime = RUNTIMES[spec.runtime]
+    files: list[list[str]] = []
+    for path, text in spec.files.items():
+        full = path if path.startswith("/") else posixpath.join(SANDBOX, path)
+        files.append([full, base64.b64encode(text.encode()).decode()])
+    if spec.cmd.strip():
+        argv = ["bash", "-c", spec.cmd]
+    else:
+        extension = spec.file_extension or runtime.extension
+        # Sessions keep their files, so each run gets its own file name, as isol8 does.
+        name = f"exec_{int(time.time() * 1000)}{extension}" if in_session else f"main{extension}"
+        code_path = f"{SANDBOX}/{name}"
+        files.append([code_path, base64.b64encode(spec.code.encode()).decode()])
+        argv = runtime.argv(code_path)
+    env = dict(BASE_ENV)
+    env.update(spec.secrets)
+    env.update(spec.env)
+    request: dict[str, Any] = {
+        "op": "run",
+        "argv": argv,
+        "env": env,
+        "cwd": resolve_workdir(spec.workdir),
+        "files": files,
+        "stdin": base64.b64encode(spec.stdin.encode()).decode(),
+        "timeoutMs": limits.timeout_ms,
+        "maxOutput": limits.max_output,
+        "outputPaths": [
+            p if p.startswith("/") else posixpath.join(SANDBOX, p) for p in spec.output_paths
+        ],
+        "maxFileBytes": max_file_bytes,
+        # One-shot sandboxes are reset after the run anyway; killing leftovers
+        # at once also gives their pipes EOF. Sessions keep background processes.
+        "killLeftovers": not in_session,
+    }
+    if spec.setup_script.strip():
+        files.insert(0, [SETUP_PATH, base64.b64encode(spec.setup_script.encode()).decode()])
+        request["setup"] = ["bash", SETUP_PATH]
+        request["setupEnv"] = SETUP_ENV
+    return request
+
+
+class Masker:
+    """Replaces secret values with ``***`` in a stream of text.
+
+    A chunk may end in the middle of a secret, so the longest tail that could
+    still grow into one is held back until the next chunk (or the end).
+    """
+
+    def __init__(self, secrets: list[str]) -> None:
+        self.secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
+        self.pending = ""
+
+    def feed(self, text: str) -> str:
+        if not self.secrets:
+            return text
+        text = self.pending + text
+        for secret in self.secrets:
+            text = text.replace(secret, "***")
+        hold = 0
+        for secret in self.secrets:
+            for size in range(min(len(secret) - 1, len(text)), hold, -1):
+                if text.endswith(secret[:size]):
+                    hold = size
+                    break
+        self.pending = text[len(text) - hold :] if hold else ""
+        return text[: len(text) - hold] if hold else text
+
+    def flush(self) -> str:
+        rest, self.pending = self.pending, ""
+        return rest
+
+
+@dataclass
+class StreamOutput:
+    """One output stream of one phase: decoding, masking, and the bounded history copy."""
+
+    name: str
+    phase: str
+    masker: Masker
+    history_max: int
+    decoder: Any = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")("replace"))
+    parts: list[str] = field(default_factory=list)
+    size: int = 0
+    truncated: bool = False  # the launcher cut it at maxOutputSize
+
+    def feed(self, data: bytes, *, final: bool = False) -> str:
+        text = self.masker.feed(self.decoder.decode(data, final))
+        if final:
+            text += self.masker.flush()
+        if text and self.size < self.history_max:
+            keep = text[: self.history_max - self.size]
+            self.parts.append(keep)
+            self.size += len(keep)
+        return text
+
+    def text(self) -> str:
+        return "".join(self.parts)
+
+
+class OutputCollector:
+    """Routes launcher output frames to history and, for streamed runs, to events."""
+
+    def __init__(self, *, secrets: list[str], history_max: int, publish: Publish | None) -> None:
+        self.publish = publish
+        self.streams: dict[str, StreamOutput] = {}
+        for kind, (name, phase) in STREAMS.items():
+            self.streams[kind] = StreamOutput(
+                name=name, phase=phase, masker=Masker(secrets), history_max=history_max
+            )
+
+    def feed(self, kind: str, data: bytes) -> None:
+        stream = self.streams[kind]
+        text = stream.feed(data)
+        if text and self.publish is not None:
+            self.publish(stream.name, text, stream.phase)
+
+    def truncated(self, kind: str, seen: int, limit: int) -> None:
+        """A stream passed maxOutputSize: streamed runs get isol8's marker once, now."""
+        stream = self.streams[kind]
+        text = stream.feed(b"", final=True)  # what was held back belongs before the marker
+        if self.publish is not None:
+            self.publish(stream.name, text + truncation_marker(seen, limit), stream.phase)
+
+    def finish(self) -> None:
+        for stream in self.streams.values():
+            text = stream.feed(b"", final=True)
+            if text and self.publish is not None:
+                self.publish(stream.name, text, stream.phase)
+
+    def text(self, kind: str) -> str:
+        return self.streams[kind].text()
+
+
+@dataclass
+class RunHandle:
+    """A run in progress on this worker, so a cancel request can reach it."""
+
+    execution_id: str
+    sandbox: Sandbox | None = None
+    cancelled: bool = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        if self.sandbox is not None:
+            self.sandbox.cancel()
+
+
+def run_in_sandbox(
+    box: Sandbox,
+    spec: ExecutionSpec,
+    limits: Limits,
+    *,
+    in_session: bool,
+    max_file_bytes: int,
+    history_max: int,
+    publish: Publish | None,
+    handle: RunHandle,
+) -> RunResult:
+    """Run ``spec`` in ``box``; stream events through ``publish``; return the outcome.
+
+    User code that fails, times out or is OOM-killed is a normal result. A
+    failure of the sandbox itself is a RunResult with status ``error`` and
+    ``box.broken`` set, so the caller destroys the container.
+    """
+    request = build_request(spec, limits, in_session=in_session, max_file_bytes=max_file_bytes)
+    collector = OutputCollector(
+        secrets=list(spec.secrets.values()), history_max=history_max, publish=publish
+    )
+    outcome: dict[str, Any] = {}
+    handle.sandbox = box
+    started = time.monotonic()
+    try:
+        if handle.cancelled:
+            raise SandboxError("cancelled before it started")
+        timeout = limits.timeout_ms / 1000.0 + LAUNCHER_GRACE_SECONDS
+        for frame in box.call(request, timeout):
+            if frame.kind in STREAMS:
+                collector.feed(frame.kind, frame.payload)
+            elif frame.kind == "t":
+                marker = frame.json()
+                collector.truncated(marker["kind"], int(marker["bytes"]), limits.max_output)
+            elif frame.kind == "x":
+                outcome = frame.json()
+    except SandboxError as exc:
+        collector.finish()
+        if handle.cancelled:
+            return _cancelled_result(collector, started, box)
+        return RunResult(
+            status="error",
+            error=f"The sandbox failed: {exc}",
+            duration_ms=int((time.monotonic() - started) * 1000),
+            stdout=collector.text("o"),
+            stderr=collector.text("e"),
+            container_id=box.container_id,
+        )
+    finally:
+        handle.sandbox = None
+    collector.finish()
+    return _result_from_outcome(outcome, collector, limits, box, handle)
+
+
+def _cancelled_result(collector: OutputCollector, started: float, box: Sandbox) -> RunResult:
+    return RunResult(
+        status="cancelled",
+        exit_code=137,
+        stdout=collector.text("o"),
+        stderr=collector.text("e"),
+        duration_ms=int((time.monotonic() - started) * 1000),
+        error="Cancelled",
+        container_id=box.container_id,
+    )
+
+
+def _result_from_outcome(
+    outcome: dict[str, Any],
+    collector: OutputCollector,
+    limits: Limits,
+    box: Sandbox,
+    handle: RunHandle,
+) -> RunResult:
+    if "error" in outcome:
+        # The launcher refused the run (a file it could not write, a missing binary).
+        code = outcome.get("code", "error")
+        return RunResult(
+            status="error",
+            error=str(outcome["error"]),
+            error_code="sandbox_full" if code == "sandbox_full" else "run_failed",
+            container_id=box.container_id,
+        )
+    exit_code = int(outcome.get("exitCode", 1))
+    timed_out = bool(outcome.get("timedOut"))
+    cancelled = bool(outcome.get("cancelled")) or handle.cancelled
+    oom = bool(outcome.get("oom")) and exit_code == 137 and not timed_out and not cancelled
+    if timed_out or oom or outcome.get("pidsExhausted"):
+        box.broken = True  # rule 3: never reuse it
+    if cancelled:
+        status = "cancelled"
+    elif timed_out:
+        status = "timeout"
+    elif oom:
+        status = "oom"
+    else:
+        status = "ok"
+    setup_failed = outcome.get("phase") == "setup"
+    stdout_total = int(outcome.get("stdoutBytes", 0))
+    stderr_total = int(outcome.get("stderrBytes", 0))
+    if setup_failed:
+        stdout, stderr = collector.text("O"), collector.text("E")
+    else:
+        stdout, stderr = collector.text("o"), collector.text("e")
+    return RunResult(
+        status=status,
+        exit_code=137 if cancelled else exit_code,
+        stdout=stdout,
+        stderr=stderr,
+        stdout_truncated=stdout_total > limits.max_output,
+        stderr_truncated=stderr_total > limits.max_output,
+        stdout_total=stdout_total,
+        stderr_total=stderr_total,
+        timed_out=timed_out,
+        duration_ms=int(outcome.get("durationMs", 0)),
+        files=outcome.get("files"),
+        container_id=box.container_id,
+        setup_failed=setup_failed and not timed_out and not cancelled,
+        error="Cancelled" if cancelled else "",
+    )

@@ -1,0 +1,515 @@
+"""The Docker sandbox: the only module that imports ``docker``.
+
+It creates hardened containers (sandbox.md's baseline, every control), talks to
+the launcher inside them, builds the images, and finds containers by label.
+
+Two transports carry the launcher protocol (images/common/isol8_launcher.py):
+
+* ``LauncherTransport``: the container's main process is the launcher; requests
+  go over the container's attached stdin/stdout. No ``docker exec`` per run.
+* ``ExecTransport``: the fallback. The container only sleeps; each request is a
+  ``docker exec`` of the launcher in ``once`` mode, as the code user.
+
+Everything above this module (pool, runner, sessions) is the same for both.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import socket
+import struct
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import docker
+import docker.errors
+import docker.types
+from django.conf import settings
+
+from executions.spec import Limits
+
+logger = logging.getLogger(__name__)
+
+CODE_USER = "1000:1000"
+KEEPALIVE_USER = "65534:65534"  # nobody: the exec-mode keep-alive never shares the code's uid
+LAUNCHER_PATH = "/opt/isol8/isol8_launcher.py"
+LAUNCHER_ARGV = ["python3", "-I", LAUNCHER_PATH]
+LABEL_MANAGED = "isol8.managed"
+LABEL_HOST = "isol8.host"
+LABEL_TENANT = "isol8.tenant"
+LABEL_EXECUTION = "isol8.execution"
+LABEL_SESSION = "isol8.session"
+LABEL_RUNTIME = "isol8.runtime"
+LABEL_POOL = "isol8.pool"
+LABEL_IMAGE = "isol8.image"
+FRAME_HEADER = struct.Struct(">IB")
+MUX_HEADER = struct.Struct(">BxxxI")
+RUNTIME_IMAGES = ("python", "node", "bash", "bun", "deno")
+
+
+class SandboxError(Exception):
+    """The sandbox failed (not the user's code): Docker, the launcher, the container."""
+
+
+class DockerUnavailable(SandboxError):
+    pass
+
+
+_local = threading.local()
+
+
+def client() -> docker.DockerClient:
+    """A Docker client per thread (requests sessions are not meant to be shared)."""
+    existing = getattr(_local, "client", None)
+    if existing is None:
+        existing = docker.from_env(timeout=120)
+        _local.client = existing
+    return existing
+
+
+def docker_ping() -> bool:
+    try:
+        return bool(client().ping())
+    except Exception:  # noqa: BLE001 - any failure means "not reachable"
+        return False
+
+
+@cache
+def seccomp_profile() -> str:
+    """The seccomp profile as JSON text (the SDK wants the text, not a path)."""
+    return json.dumps(json.loads((settings.ISOL8_IMAGES_DIR / "seccomp.json").read_text()))
+
+
+# ---------------------------------------------------------------------- images
+
+
+def image_hash(runtime: str) -> str:
+    """Content hash of what the runtime's image is built from, and the base image."""
+    images = Path(settings.ISOL8_IMAGES_DIR)
+    digest = hashlib.sha256(settings.ISOL8_BASE_IMAGE.encode())
+    for path in sorted([images / runtime / "Dockerfile", *sorted((images / "common").iterdir())]):
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def image_name(runtime: str) -> str:
+    return f"{settings.ISOL8_IMAGE_PREFIX}-{runtime}:{image_hash(runtime)}"
+
+
+def image_exists(name: str) -> bool:
+    try:
+        client().images.get(name)
+        return True
+    except docker.errors.ImageNotFound:
+        return False
+
+
+def missing_images(runtimes: list[str]) -> list[str]:
+    return [image_name(rt) for rt in runtimes if not image_exists(image_name(rt))]
+
+
+def ensure_base_image(log: Callable[[str], None]) -> None:
+    """Make the base image exist: pull it, or debootstrap it when there is no registry."""
+    base = settings.ISOL8_BASE_IMAGE
+    if image_exists(base):
+        return
+    if not base.startswith("isol8-base:"):
+        log(f"pulling base image {base}")
+        client().images.pull(base)
+        return
+    if shutil.which("debootstrap") is None:
+        raise SandboxError("debootstrap is not installed (apt-get install debootstrap)")
+    suite = base.split(":", 1)[1]
+    log(f"building base image {base} with debootstrap ({suite}, {settings.ISOL8_DEBIAN_MIRROR})")
+    with tempfile.TemporaryDirectory(prefix="isol8-rootfs-") as rootfs:
+        subprocess.run(
+            ["debootstrap", "--variant=minbase", suite, rootfs, settings.ISOL8_DEBIAN_MIRROR],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+        tar = subprocess.Popen(["tar", "-C", rootfs, "-c", "."], stdout=subprocess.PIPE)
+        assert tar.stdout is not None
+        client().api.import_image_from_stream(tar.stdout, repository=base.split(":")[0], tag=suite)
+        tar.wait()
+    if not image_exists(base):
+        raise SandboxError(f"importing {base} failed")
+
+
+def build_image(runtime: str, *, log: Callable[[str], None], force: bool = False) -> str:
+    name = image_name(runtime)
+    if not force and image_exists(name):
+        log(f"{name} is up to date")
+        return name
+    log(f"building {name}")
+    images = Path(settings.ISOL8_IMAGES_DIR)
+    try:
+        for chunk in client().api.build(
+            path=str(images),
+            dockerfile=f"{runtime}/Dockerfile",
+            tag=name,
+            buildargs={"BASE_IMAGE": settings.ISOL8_BASE_IMAGE},
+            labels={LABEL_MANAGED: "true", LABEL_IMAGE: runtime},
+            rm=True,
+            forcerm=True,
+            decode=True,
+        ):
+            if "error" in chunk:
+                raise SandboxError(f"building {name}: {chunk['error'].strip()}")
+            text = chunk.get("stream", "").strip()
+            if text.startswith("Step "):
+                log(f"  {text}")
+    except docker.errors.APIError as exc:
+        raise SandboxError(f"building {name}: {exc}") from exc
+    return name
+
+
+# ------------------------------------------------------------------ containers
+
+
+def hardened_config(
+    *, runtime: str, limits: Limits, labels: dict[str, str], mode: str
+) -> dict[str, Any]:
+    """``containers.create`` arguments: sandbox.md's hardening baseline, every control."""
+    inodes = settings.ISOL8_INODES
+    config: dict[str, Any] = {
+        "image": image_name(runtime),
+        "network_mode": "none",
+        "read_only": True,
+        "tmpfs": {
+            "/tmp": f"rw,noexec,nosuid,nodev,size={limits.tmp_size},nr_inodes={inodes}",
+            "/sandbox": (
+                f"rw,exec,nosuid,nodev,size={limits.sandbox_size},nr_inodes={inodes},uid=1000,gid=1000"
+            ),
+        },
+        "mem_limit": limits.memory,
+        "memswap_limit": limits.memory,  # equal: no swap
+        "pids_limit": limits.pids,
+        "init": True,
+        "nano_cpus": int(limits.cpu * 1e9),
+        "cap_drop": ["ALL"],
+        "security_opt": ["no-new-privileges", f"seccomp={seccomp_profile()}"],
+        "cgroupns": "private",
+        "ipc_mode": "private",
+        "shm_size": settings.ISOL8_SHM_SIZE,
+        "ulimits": [
+            docker.types.Ulimit(name="nofile", soft=settings.ISOL8_NOFILE, hard=settings.ISOL8_NOFILE),
+            docker.types.Ulimit(name="fsize", soft=settings.ISOL8_FSIZE, hard=settings.ISOL8_FSIZE),
+            docker.types.Ulimit(name="core", soft=0, hard=0),
+        ],
+        "labels": {LABEL_MANAGED: "true", LABEL_HOST: settings.ISOL8_WORKER_HOST, **labels},
+        "working_dir": "/sandbox",
+        "environment": {},
+        "log_config": docker.types.LogConfig(type="none"),
+        "detach": True,
+    }
+    if mode == "launcher":
+        # The launcher is the main process, as root with exactly SETUID and
+        # SETGID so it can start programs as the code user. Programs it starts
+        # have empty effective, permitted, inheritable and ambient capability
+        # sets, and no-new-privileges keeps them that way.
+        config.update(
+            command=[*LAUNCHER_ARGV, "serve"],
+            user="0:0",
+            cap_add=["SETUID", "SETGID"],
+            stdin_open=True,
+        )
+    else:
+        config.update(command=["sleep", "infinity"], user=KEEPALIVE_USER)
+    return config
+
+
+@dataclass
+class Frame:
+    kind: str
+    payload: bytes
+
+    def json(self) -> dict[str, Any]:
+        return dict(json.loads(self.payload))
+
+
+class FrameReader:
+    """Reads launcher frames out of Docker's multiplexed attach/exec stream."""
+
+    def __init__(self, sock: socket.socket, container_id: str) -> None:
+        self.sock = sock
+        self.container_id = container_id
+        self.raw = bytearray()
+        self.stdout = bytearray()
+
+    def read(self, deadline: float) -> Frame:
+        while True:
+            if len(self.stdout) >= FRAME_HEADER.size:
+                length, kind = FRAME_HEADER.unpack_from(self.stdout)
+                end = FRAME_HEADER.size + length
+                if len(self.stdout) >= end:
+                    payload = bytes(self.stdout[FRAME_HEADER.size : end])
+                    del self.stdout[:end]
+                    if kind == ord("c"):
+                        continue  # the acknowledgement of a cancel that came too late
+                    return Frame(chr(kind), payload)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise SandboxError("the launcher did not answer in time")
+            self.sock.settimeout(remaining)
+            try:
+                data = self.sock.recv(262144)
+            except TimeoutError as exc:
+                raise SandboxError("the launcher did not answer in time") from exc
+            except OSError as exc:
+                raise SandboxError(f"lost the connection to the sandbox: {exc}") from exc
+            if not data:
+                raise SandboxError("the sandbox closed its stream (container died?)")
+            self.raw += data
+            self._demux()
+
+    def _demux(self) -> None:
+        while len(self.raw) >= MUX_HEADER.size:
+            stream, length = MUX_HEADER.unpack_from(self.raw)
+            end = MUX_HEADER.size + length
+            if len(self.raw) < end:
+                return
+            chunk = bytes(self.raw[MUX_HEADER.size : end])
+            del self.raw[:end]
+            if stream == 1:
+                self.stdout += chunk
+            else:
+                logger.warning("launcher %s: %s", self.container_id[:12], chunk.decode(errors="replace"))
+
+
+def _raw_socket(sock: Any) -> socket.socket:
+    # docker-py hands back a SocketIO around the hijacked connection.
+    return getattr(sock, "_sock", sock)
+
+
+def encode_request(request: dict[str, Any]) -> bytes:
+    body = json.dumps(request).encode()
+    return struct.pack(">I", len(body)) + body
+
+
+class LauncherTransport:
+    """Requests over the attached stdin/stdout of a container whose main process is the launcher."""
+
+    def __init__(self, container_id: str) -> None:
+        self.container_id = container_id
+        wrapper = client().api.attach_socket(
+            container_id, params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1}
+        )
+        self._wrapper = wrapper  # keeps the HTTP response (and so the socket) alive
+        self.sock = _raw_socket(wrapper)
+        self.reader = FrameReader(self.sock, container_id)
+
+    def call(self, request: dict[str, Any], deadline: float) -> Iterator[Frame]:
+        try:
+            self.sock.sendall(encode_request(request))
+        except OSError as exc:
+            raise SandboxError(f"lost the connection to the sandbox: {exc}") from exc
+        while True:
+            frame = self.reader.read(deadline)
+            yield frame
+            if frame.kind in ("x", "r"):
+                return
+
+    def send_control(self, request: dict[str, Any]) -> None:
+        """Send a control request (cancel) while a run is in progress."""
+        self.sock.sendall(encode_request(request))
+
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+class ExecTransport:
+    """One ``docker exec`` of the launcher in ``once`` mode per request (the fallback path)."""
+
+    def __init__(self, container_id: str) -> None:
+        self.container_id = container_id
+        self._active: socket.socket | None = None
+
+    def call(self, request: dict[str, Any], deadline: float) -> Iterator[Frame]:
+        api = client().api
+        try:
+            exec_id = api.exec_create(
+                self.container_id,
+                [*LAUNCHER_ARGV, "once"],
+                stdin=True,
+                stdout=True,
+                stderr=True,
+                user=CODE_USER,
+                workdir="/sandbox",
+            )["Id"]
+            wrapper = api.exec_start(exec_id, socket=True)
+        except docker.errors.APIError as exc:
+            raise SandboxError(f"docker exec failed: {exc.explanation or exc}") from exc
+        sock = _raw_socket(wrapper)
+        self._active = sock
+        try:
+            sock.sendall(encode_request(request))
+            reader = FrameReader(sock, self.container_id)
+            while True:
+                frame = reader.read(deadline)
+                yield frame
+                if frame.kind in ("x", "r"):
+                    return
+        finally:
+            self._active = None
+            sock.close()
+
+    def send_control(self, request: dict[str, Any]) -> None:
+        active = self._active
+        if active is not None:
+            active.sendall(encode_request(request))
+
+    def close(self) -> None:
+        pass
+
+
+@dataclass
+class Sandbox:
+    """A started sandbox container and the way to talk to its launcher."""
+
+    container_id: str
+    runtime: str
+    limits: Limits
+    mode: str
+    transport: LauncherTransport | ExecTransport
+    tenant: str = ""  # set once a tenant used it; it is never given to another one
+    created_at: float = field(default_factory=time.monotonic)
+    last_used: float = field(default_factory=time.monotonic)
+    runs: int = 0
+    broken: bool = False
+
+    def call(self, request: dict[str, Any], timeout: float) -> Iterator[Frame]:
+        """Send one request; yield its frames. Any failure marks the sandbox broken."""
+        deadline = time.monotonic() + timeout
+        try:
+            yield from self.transport.call(request, deadline)
+        except BaseException:
+            # A half-read reply leaves the stream out of step: never reuse it.
+            self.broken = True
+            raise
+
+    def request(self, request: dict[str, Any], timeout: float = 30.0) -> dict[str, Any]:
+        """A non-run operation (reset, files, kill): its JSON reply."""
+        reply: dict[str, Any] = {}
+        for frame in self.call(request, timeout):
+            if frame.kind in ("r", "x"):
+                reply = frame.json()
+        return reply
+
+    def cancel(self) -> None:
+        """Ask the launcher to kill the run in progress (from another thread)."""
+        try:
+            self.transport.send_control({"op": "cancel"})
+        except OSError as exc:
+            logger.warning("cancel of %s failed: %s", self.container_id[:12], exc)
+
+    def destroy(self) -> None:
+        self.transport.close()
+        remove_container(self.container_id)
+
+
+def create_sandbox(
+    *, runtime: str, limits: Limits, labels: dict[str, str], mode: str | None = None
+) -> Sandbox:
+    """Create and start a hardened container; returns once its launcher can take requests."""
+    mode = mode or settings.ISOL8_SANDBOX_MODE
+    config = hardened_config(
+        runtime=runtime, limits=limits, labels={LABEL_RUNTIME: runtime, **labels}, mode=mode
+    )
+    try:
+        container = client().containers.create(**config)
+    except docker.errors.ImageNotFound as exc:
+        raise SandboxError(
+            f"sandbox image {config['image']} is missing: run `python manage.py build_images`"
+        ) from exc
+    except docker.errors.APIError as exc:
+        raise SandboxError(f"creating a container failed: {exc.explanation or exc}") from exc
+    except Exception as exc:  # requests' ConnectionError when the engine is down
+        raise DockerUnavailable(f"Docker is not reachable: {exc}") from exc
+    try:
+        transport: LauncherTransport | ExecTransport
+        if mode == "launcher":
+            # Attach before start so nothing the launcher says can be missed.
+            transport = LauncherTransport(container.id)
+            container.start()
+        else:
+            container.start()
+            transport = ExecTransport(container.id)
+    except Exception as exc:
+        remove_container(container.id)
+        raise SandboxError(f"starting a container failed: {exc}") from exc
+    return Sandbox(
+        container_id=container.id, runtime=runtime, limits=limits, mode=mode, transport=transport
+    )
+
+
+def adopt_sandbox(*, container_id: str, runtime: str, limits: Limits, mode: str) -> Sandbox | None:
+    """Reconnect to a running container (a session's, after a worker restart)."""
+    try:
+        container = client().containers.get(container_id)
+    except docker.errors.NotFound:
+        return None
+    if container.status != "running":
+        remove_container(container_id)
+        return None
+    transport: LauncherTransport | ExecTransport = (
+        LauncherTransport(container_id) if mode == "launcher" else ExecTransport(container_id)
+    )
+    return Sandbox(
+        container_id=container_id, runtime=runtime, limits=limits, mode=mode, transport=transport
+    )
+
+
+def remove_container(container_id: str) -> None:
+    try:
+        client().api.remove_container(container_id, force=True)
+    except docker.errors.NotFound:
+        pass
+    except docker.errors.APIError as exc:
+        if exc.status_code != 409:  # 409: removal already in progress
+            logger.warning("removing container %s failed: %s", container_id[:12], exc)
+
+
+@dataclass(frozen=True)
+class ManagedContainer:
+    id: str
+    labels: dict[str, str]
+    status: str
+    created: float  # unix time
+
+
+def list_managed(**labels: str) -> list[ManagedContainer]:
+    """Every container this service started (on this engine), filtered by labels."""
+    filters = [f"{LABEL_MANAGED}=true", *(f"isol8.{k}={v}" for k, v in labels.items())]
+    found = client().api.containers(all=True, filters={"label": filters})
+    return [
+        ManagedContainer(
+            id=c["Id"], labels=c.get("Labels") or {}, status=c.get("State", ""), created=c.get("Created", 0)
+        )
+        for c in found
+    ]
+
+
+def container_attrs(container_id: str) -> dict[str, Any]:
+    """``docker inspect`` of a container (tests and the admin use it)."""
+    return dict(client().api.inspect_container(container_id))
+
+
+def container_running(container_id: str) -> bool:
+    try:
+        return bool(client().api.inspect_container(container_id)["State"]["Running"])
+    except docker.errors.NotFound:
+        return False

@@ -1,0 +1,307 @@
+"""Writes for executions: record, enqueue, claim, finish, cancel, and the result shape."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from executions import events
+from executions.models import FINISHED, Execution, Status
+from executions.runner import TIMEOUT_EVENT, TIMEOUT_MARKER, truncation_marker
+from executions.spec import ExecutionSpec, Limits, RunResult
+from isol8_site.redis import get_redis
+from tenants.models import Tenant
+
+logger = logging.getLogger(__name__)
+
+RESULT_KEY = "isol8:result:"
+SECRETS_KEY = "isol8:secrets:"
+CANCEL_CHANNEL = "isol8:cancel"
+RESULT_TTL = 300
+
+
+@dataclass(frozen=True)
+class Reply:
+    """An HTTP answer computed by the worker for a waiting /execute request."""
+
+    status: int
+    body: dict[str, Any]
+
+    def to_json(self) -> str:
+        return json.dumps({"status": self.status, "body": self.body})
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> Reply:
+        data = json.loads(raw)
+        return cls(status=int(data["status"]), body=data["body"])
+
+
+# ------------------------------------------------------------------ web side
+
+
+def execution_create(
+    *,
+    tenant: Tenant,
+    spec: ExecutionSpec,
+    limits: Limits,
+    streamed: bool,
+    session: Any = None,
+) -> Execution:
+    """Record a queued execution. Secret values go to Redis, never to the database."""
+    execution = Execution.objects.create(
+        tenant=tenant,
+        session=session,
+        runtime=spec.runtime,
+        code=spec.code,
+        cmd=spec.cmd,
+        request=spec.stored_request(),
+        limits=limits.to_json(),
+        streamed=streamed,
+    )
+    if spec.secrets:
+        ttl = int(settings.ISOL8_QUEUE_TIMEOUT + 60)
+        get_redis().set(SECRETS_KEY + str(execution.pk), json.dumps(spec.secrets), ex=ttl)
+    return execution
+
+
+def execution_enqueue(*, execution: Execution, queue: str | None = None) -> None:
+    """Hand the execution to a worker once the row is committed."""
+    from executions.tasks import run_execution
+
+    queue = queue or settings.ISOL8_RUN_QUEUE
+    transaction.on_commit(lambda: run_execution.apply_async(args=[str(execution.pk)], queue=queue))
+
+
+def execution_wait(*, execution: Execution) -> Reply:
+    """Block until the worker pushes the result of a non-streamed execution.
+
+    The worker pushes to a Redis list that this request pops: no polling, and
+    a result that arrives before the pop is not lost.
+    """
+    limits = Limits.from_json(execution.limits)
+    wait = settings.ISOL8_QUEUE_TIMEOUT + limits.timeout_ms / 1000 + settings.ISOL8_RESULT_GRACE
+    popped = get_redis().blpop([RESULT_KEY + str(execution.pk)], timeout=wait)
+    if popped is not None:
+        return Reply.from_json(popped[1])
+    # No answer in time: the run was never picked up or its worker died.
+    execution_fail(execution_id=str(execution.pk), reason="No worker finished this execution in time")
+    execution.refresh_from_db()
+    if execution.status in FINISHED and execution.status != Status.ERROR:
+        return Reply(200, result_payload(execution))
+    return Reply(
+        503,
+        {"error": "No worker could run this execution; try again later", "code": "unavailable"},
+    )
+
+
+def execution_cancel(*, execution: Execution) -> Execution:
+    """Cancel a queued or running execution; finished ones are left as they are."""
+    queued = Execution.objects.filter(pk=execution.pk, status=Status.QUEUED).update(
+        status=Status.CANCELLED, finished_at=timezone.now(), error="Cancelled", exit_code=137
+    )
+    if queued:
+        execution.refresh_from_db()
+        _announce_end(execution)
+        return execution
+    if execution.status == Status.RUNNING:
+        # The worker running it listens for this and kills the run.
+        get_redis().publish(CANCEL_CHANNEL, str(execution.pk))
+    execution.refresh_from_db()
+    return execution
+
+
+def execution_fail(*, execution_id: str, reason: str) -> bool:
+    """Fail a queued or running execution the service lost (reaper, timeouts)."""
+    updated = Execution.objects.filter(
+        pk=execution_id, status__in=[Status.QUEUED, Status.RUNNING]
+    ).update(status=Status.ERROR, error=reason, finished_at=timezone.now())
+    if updated:
+        execution = Execution.objects.get(pk=execution_id)
+        _announce_end(execution)
+    return bool(updated)
+
+
+# --------------------------------------------------------------- worker side
+
+
+def execution_claim(*, execution_id: str) -> Execution | None:
+    """Take a queued execution for this worker; None when someone else has it."""
+    claimed = Execution.objects.filter(pk=execution_id, status=Status.QUEUED).update(
+        status=Status.RUNNING, started_at=timezone.now(), worker_host=settings.ISOL8_WORKER_HOST
+    )
+    if not claimed:
+        return None
+    return Execution.objects.select_related("tenant").get(pk=execution_id)
+
+
+def execution_spec(*, execution: Execution) -> tuple[ExecutionSpec, Limits]:
+    """Rebuild the spec and limits of a claimed execution (secrets from Redis)."""
+    req = execution.request
+    secrets: dict[str, str] = {}
+    if req.get("secretNames"):
+        raw = get_redis().getdel(SECRETS_KEY + str(execution.pk))
+        secrets = json.loads(raw) if raw else {}
+    spec = ExecutionSpec(
+        runtime=execution.runtime,
+        code=execution.code,
+        cmd=execution.cmd,
+        stdin=req.get("stdin", ""),
+        env=req.get("env", {}),
+        files=req.get("files", {}),
+        output_paths=req.get("outputPaths", []),
+        file_extension=req.get("fileExtension", ""),
+        workdir=req.get("workdir", ""),
+        setup_script=req.get("setupScript", ""),
+        metadata=req.get("metadata", {}),
+        secrets=secrets,
+    )
+    return spec, Limits.from_json(execution.limits)
+
+
+def execution_finish(*, execution: Execution, result: RunResult) -> None:
+    """Store the outcome, then tell whoever waits (a /execute request or SSE streams)."""
+    max_history = settings.ISOL8_HISTORY_MAX_OUTPUT
+    now = timezone.now()
+    fields: dict[str, Any] = {
+        "status": result.status,
+        "exit_code": result.exit_code,
+        "stdout": result.stdout[:max_history],
+        "stderr": result.stderr[:max_history],
+        "stdout_truncated": result.stdout_truncated,
+        "stderr_truncated": result.stderr_truncated,
+        "stdout_bytes": result.stdout_total,
+        "stderr_bytes": result.stderr_total,
+        "timed_out": result.timed_out,
+        "error": result.error,
+        "files": result.files,
+        "finished_at": now,
+        "duration_ms": result.duration_ms,
+        "container_id": result.container_id,
+    }
+    updated = Execution.objects.filter(pk=execution.pk, status=Status.RUNNING).update(**fields)
+    if not updated:
+        # The reaper or a cancel finished it first; their answer stands.
+        return
+    for name, value in fields.items():
+        setattr(execution, name, value)
+    if execution.streamed:
+        _publish_end(execution, result)
+    else:
+        _push_reply(execution, reply_for(execution, result))
+
+
+def reply_for(execution: Execution, result: RunResult) -> Reply:
+    if result.setup_failed:
+        return Reply(
+            422,
+            {
+                "error": f"Setup script failed (exit code {result.exit_code}): {result.stderr.rstrip()}",
+                "code": "setup_failed",
+            },
+        )
+    if result.error_code == "docker_unavailable":
+        return Reply(503, {"error": result.error, "code": "unavailable"})
+    return Reply(200, result_payload(execution))
+
+
+def _push_reply(execution: Execution, reply: Reply) -> None:
+    key = RESULT_KEY + str(execution.pk)
+    pipe = get_redis().pipeline(transaction=False)
+    pipe.rpush(key, reply.to_json())
+    pipe.expire(key, RESULT_TTL)
+    pipe.execute()
+
+
+def _publish_end(execution: Execution, result: RunResult) -> None:
+    """The terminal events of a stream: an error when there is one, then ``exit``."""
+    exec_id = execution.pk
+    code = str(result.exit_code if result.exit_code is not None else 1)
+    if result.setup_failed:
+        events.publish(exec_id, "error", f"Setup script failed (exit code {code})", "setup")
+        events.publish(exec_id, "exit", code, "setup")
+        return
+    if result.status == Status.TIMEOUT:
+        events.publish(exec_id, "error", TIMEOUT_EVENT)
+    elif result.status == Status.OOM:
+        events.publish(exec_id, "error", "OUT OF MEMORY (killed at the memory limit)")
+    elif result.status == Status.CANCELLED:
+        events.publish(exec_id, "error", "EXECUTION CANCELLED")
+    elif result.status == Status.ERROR:
+        events.publish(exec_id, "error", result.error or "The service failed to run this execution")
+    events.publish(exec_id, "exit", code)
+
+
+def _announce_end(execution: Execution) -> None:
+    """Tell waiters about an execution finished outside a worker (cancel, reaper)."""
+    if execution.streamed:
+        if not events.has_exit(execution.pk):
+            cancelled = execution.status == Status.CANCELLED
+            events.publish(execution.pk, "error", "EXECUTION CANCELLED" if cancelled else execution.error)
+            events.publish(execution.pk, "exit", "137" if cancelled else "1")
+    else:
+        _push_reply(execution, Reply(200, result_payload(execution)))
+
+
+# ------------------------------------------------------------------- shapes
+
+
+def result_payload(execution: Execution) -> dict[str, Any]:
+    """The isol8 ExecutionResult (plus ``status`` and ``timedOut``) of a finished row."""
+    limits = execution.limits or {}
+    max_output = int(limits.get("max_output", 0))
+    stdout = execution.stdout
+    stderr = execution.stderr
+    if execution.stdout_truncated:
+        stdout += truncation_marker(execution.stdout_bytes, max_output)
+    if execution.stderr_truncated:
+        stderr += truncation_marker(execution.stderr_bytes, max_output)
+    if execution.timed_out:
+        stderr += TIMEOUT_MARKER
+    finished = execution.finished_at or timezone.now()
+    payload: dict[str, Any] = {
+        "stdout": stdout.rstrip(),
+        "stderr": stderr.rstrip(),
+        "exitCode": execution.exit_code if execution.exit_code is not None else 1,
+        "durationMs": execution.duration_ms or 0,
+        "truncated": execution.truncated,
+        "executionId": str(execution.pk),
+        "runtime": execution.runtime,
+        "timestamp": finished.isoformat().replace("+00:00", "Z"),
+        "status": execution.status,
+        "timedOut": execution.timed_out,
+    }
+    if execution.request.get("outputPaths"):
+        payload["files"] = execution.files or {}
+    if execution.status == Status.ERROR and execution.error:
+        payload["error"] = execution.error
+    return payload
+
+
+def history_record(execution: Execution) -> dict[str, Any]:
+    """An execution as GET /executions shows it: the result plus request facts."""
+    record = result_payload(execution) if execution.status in FINISHED else {
+        "executionId": str(execution.pk),
+        "runtime": execution.runtime,
+        "status": execution.status,
+    }
+    record.update(
+        {
+            "code": execution.code or execution.cmd,
+            "sessionId": execution.session.session_id if execution.session_id else None,
+            "createdAt": _iso(execution.created_at),
+            "startedAt": _iso(execution.started_at),
+            "finishedAt": _iso(execution.finished_at),
+        }
+    )
+    return record
+
+
+def _iso(value: Any) -> str | None:
+    return value.isoformat().replace("+00:00", "Z") if value else None
+

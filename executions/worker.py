@@ -1,0 +1,247 @@
+"""The worker process's own state: its sandbox pool, its runs, its heartbeat.
+
+Celery runs one worker process per host with a thread pool (``-P threads``), so
+that all runs of the host share one pool of warm sandboxes and the attached
+launcher connections that live in this process. ``start()`` is called when the
+worker is ready, ``stop()`` when it shuts down (see isol8_site/celery.py).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import close_old_connections
+from django.utils import timezone
+
+from executions import events, sandbox, services
+from executions.models import Execution, Status
+from executions.pool import SandboxPool
+from executions.runner import RunHandle, run_in_sandbox
+from executions.sandbox import DockerUnavailable, Sandbox, SandboxError
+from executions.spec import Limits, RunResult
+from isol8_site.redis import get_redis
+
+logger = logging.getLogger(__name__)
+
+HEARTBEAT_KEY = "isol8:workers"
+
+
+def default_limits() -> Limits:
+    d = settings.ISOL8_DEFAULTS
+    return Limits(
+        timeout_ms=d.timeout_ms,
+        memory=d.memory_limit,
+        cpu=d.cpu_limit,
+        pids=d.pids_limit,
+        max_output=d.max_output_size,
+        sandbox_size=d.sandbox_size,
+        tmp_size=d.tmp_size,
+        network=d.network,
+    )
+
+
+def enabled_runtimes() -> list[str]:
+    return list(settings.ISOL8_RUNTIMES)
+
+
+class Worker:
+    def __init__(self) -> None:
+        self.host = settings.ISOL8_WORKER_HOST
+        self.pool = SandboxPool(
+            runtimes=enabled_runtimes(),
+            default_limits=default_limits(),
+            size=settings.ISOL8_POOL_SIZE,
+            idle_per_tenant=settings.ISOL8_TENANT_IDLE_MAX,
+            idle_seconds=settings.ISOL8_TENANT_IDLE_SECONDS,
+        )
+        self.handles: dict[str, RunHandle] = {}
+        self.busy: dict[str, Sandbox] = {}  # sandboxes lent to runs in progress
+        self.lock = threading.Lock()
+        self.stopping = threading.Event()
+        self.docker_ok = True
+
+    # ------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        remove_orphans(keep=set())
+        self.heartbeat()
+        self.pool.start()
+        for target, name in ((self._heartbeat_loop, "heartbeat"), (self._cancel_loop, "cancels")):
+            threading.Thread(target=target, name=f"isol8-{name}", daemon=True).start()
+        logger.info("isol8 worker %s ready (%s mode)", self.host, settings.ISOL8_SANDBOX_MODE)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        with self.lock:
+            handles = list(self.handles.values())
+        for handle in handles:
+            handle.cancel()
+        self.pool.close()
+        get_redis().hdel(HEARTBEAT_KEY, self.host)
+        remove_orphans(keep=set())
+
+    def heartbeat(self) -> None:
+        self.docker_ok = sandbox.docker_ping()
+        beat = {"at": time.time(), "docker": self.docker_ok, **self.pool.stats()}
+        get_redis().hset(HEARTBEAT_KEY, self.host, json.dumps(beat))
+
+    def owned_container_ids(self) -> set[str]:
+        with self.lock:
+            busy = {box.container_id for box in self.busy.values()}
+        return busy | self.pool.owned_container_ids()
+
+    def _heartbeat_loop(self) -> None:
+        last_sweep = time.monotonic()
+        while not self.stopping.wait(settings.ISOL8_HEARTBEAT_SECONDS):
+            try:
+                self.heartbeat()
+                if time.monotonic() - last_sweep >= settings.ISOL8_REAPER_SECONDS:
+                    last_sweep = time.monotonic()
+                    # Containers being created right now are not owned yet:
+                    # only those older than a minute count as orphans.
+                    remove_orphans(keep=self.owned_container_ids(), min_age=60.0)
+            except Exception:  # noqa: BLE001 - a missed beat must not kill the thread
+                logger.exception("heartbeat failed")
+
+    def _cancel_loop(self) -> None:
+        """Kill runs of this worker that a client cancelled (any web process may ask)."""
+        while not self.stopping.is_set():
+            try:
+                pubsub = get_redis().pubsub(ignore_subscribe_messages=True)
+                pubsub.subscribe(services.CANCEL_CHANNEL)
+                while not self.stopping.is_set():
+                    message = pubsub.get_message(timeout=1.0)
+                    if message and message["type"] == "message":
+                        with self.lock:
+                            handle = self.handles.get(message["data"].decode())
+                        if handle is not None:
+                            handle.cancel()
+            except Exception:  # noqa: BLE001 - reconnect after Redis hiccups
+                logger.exception("cancel listener failed; reconnecting")
+                time.sleep(1.0)
+
+    # ------------------------------------------------------------------ runs
+
+    def run(self, execution_id: str) -> None:
+        """Run one queued execution end to end (the body of the Celery task)."""
+        close_old_connections()
+        execution = services.execution_claim(execution_id=execution_id)
+        if execution is None:
+            return  # cancelled while queued, or another worker has it
+        handle = RunHandle(execution_id=execution_id)
+        with self.lock:
+            self.handles[execution_id] = handle
+        box: Sandbox | None = None
+        try:
+            spec, limits = services.execution_spec(execution=execution)
+            publish = _publisher(execution) if execution.streamed else None
+            try:
+                box = self.pool.acquire(
+                    tenant=execution.tenant.slug,
+                    runtime=spec.runtime,
+                    limits=limits,
+                    labels={sandbox.LABEL_EXECUTION: execution_id},
+                )
+            except DockerUnavailable as exc:
+                result = RunResult(status="error", error=str(exc), error_code="docker_unavailable")
+            except SandboxError as exc:
+                result = RunResult(status="error", error=f"Could not start a sandbox: {exc}")
+            else:
+                with self.lock:
+                    self.busy[execution_id] = box
+                result = run_in_sandbox(
+                    box,
+                    spec,
+                    limits,
+                    in_session=False,
+                    max_file_bytes=settings.ISOL8_FILE_MAX_BYTES,
+                    history_max=settings.ISOL8_HISTORY_MAX_OUTPUT,
+                    publish=publish,
+                    handle=handle,
+                )
+            services.execution_finish(execution=execution, result=result)
+        except Exception as exc:
+            logger.exception("execution %s failed in the worker", execution_id)
+            services.execution_fail(execution_id=execution_id, reason=f"Internal error: {exc}")
+            if box is not None:
+                box.broken = True
+        finally:
+            with self.lock:
+                self.handles.pop(execution_id, None)
+            if box is not None:
+                self.pool.release(box, reusable=not box.broken)
+                with self.lock:
+                    self.busy.pop(execution_id, None)
+
+    def running_ids(self) -> set[str]:
+        with self.lock:
+            return set(self.handles)
+
+
+def _publisher(execution: Execution) -> Callable[[str, str, str | None], None]:
+    exec_id = execution.pk
+
+    def publish(event_type: str, data: str, phase: str | None) -> None:
+        events.publish(exec_id, event_type, data, phase)
+
+    return publish
+
+
+def remove_orphans(*, keep: set[str], min_age: float = 0.0) -> int:
+    """Remove this host's containers that no live run, pool or session owns."""
+    removed = 0
+    try:
+        containers = sandbox.list_managed(host=settings.ISOL8_WORKER_HOST)
+    except Exception as exc:  # noqa: BLE001 - Docker down: nothing to remove now
+        logger.warning("cannot list containers: %s", exc)
+        return 0
+    for container in containers:
+        if container.id in keep or time.time() - container.created < min_age:
+            continue
+        sandbox.remove_container(container.id)
+        removed += 1
+    if removed:
+        logger.info("removed %d orphaned sandbox container(s)", removed)
+    return removed
+
+
+def reap_lost_executions() -> int:
+    """Fail executions whose worker is gone or that waited in the queue too long.
+
+    Runs in Celery beat's periodic task; any process may do it because it only
+    looks at heartbeats and the database.
+    """
+    beats = {k.decode(): json.loads(v) for k, v in get_redis().hgetall(HEARTBEAT_KEY).items()}
+    alive = {
+        host for host, beat in beats.items()
+        if time.time() - beat["at"] < 3 * settings.ISOL8_HEARTBEAT_SECONDS
+    }
+    failed = 0
+    running = Execution.objects.filter(status=Status.RUNNING).exclude(worker_host__in=alive)
+    for exec_id in running.values_list("pk", flat=True):
+        failed += services.execution_fail(
+            execution_id=str(exec_id), reason="The worker running this execution stopped"
+        )
+    cutoff = timezone.now() - timedelta(seconds=settings.ISOL8_QUEUE_TIMEOUT + 30)
+    queued = Execution.objects.filter(status=Status.QUEUED, created_at__lt=cutoff)
+    for exec_id in queued.values_list("pk", flat=True):
+        failed += services.execution_fail(
+            execution_id=str(exec_id), reason="No worker picked this execution up in time"
+        )
+    return failed
+
+
+_worker: Worker | None = None
+
+
+def get_worker() -> Worker:
+    global _worker
+    if _worker is None:
+        _worker = Worker()
+    return _worker

@@ -1,0 +1,173 @@
+"""The isol8 server config file (``isol8.config.json``), in isol8's own format.
+
+It is read once, when settings load, from ``--config`` (``manage.py serve`` puts
+it in ``ISOL8_CONFIG``), ``ISOL8_CONFIG`` or ``./isol8.config.json``. A missing
+file means the defaults below; an unknown key or a bad value stops startup with a
+message naming the key, because a typo that is silently ignored would run the
+service with limits nobody chose.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+SIZE_RE = re.compile(r"^(\d+(?:\.\d+)?)([kmg]?)b?$", re.IGNORECASE)
+SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+NETWORK_MODES = ("none", "host", "filtered")
+
+
+class ConfigError(ValueError):
+    """The config file is unusable; the message names the offending key."""
+
+
+def parse_size(value: object, *, name: str) -> int:
+    """Parse a Docker-style size ("512m", "1g", "65536") into bytes."""
+    if isinstance(value, bool):
+        raise ConfigError(f"{name}: expected a size like \"512m\", got {value!r}")
+    if isinstance(value, int):
+        if value <= 0:
+            raise ConfigError(f"{name}: must be positive, got {value}")
+        return value
+    if not isinstance(value, str):
+        raise ConfigError(f"{name}: expected a size like \"512m\", got {value!r}")
+    match = SIZE_RE.match(value.strip())
+    if not match:
+        raise ConfigError(f"{name}: expected a size like \"512m\", got {value!r}")
+    number = float(match.group(1)) * SIZE_UNITS[match.group(2).lower()]
+    if number < 1:
+        raise ConfigError(f"{name}: must be positive, got {value!r}")
+    return int(number)
+
+
+@dataclass(frozen=True)
+class Defaults:
+    timeout_ms: int = 30_000
+    memory_limit: int = 512 * 1024**2
+    cpu_limit: float = 1.0
+    pids_limit: int = 64
+    network: str = "none"
+    sandbox_size: int = 128 * 1024**2
+    tmp_size: int = 64 * 1024**2
+    max_output_size: int = 1024**2
+
+
+@dataclass(frozen=True)
+class Cleanup:
+    auto_prune: bool = True
+    max_container_age_ms: int = 3_600_000
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    max_concurrent: int = 10
+    pool_size: int = 2
+    defaults: Defaults = field(default_factory=Defaults)
+    cleanup: Cleanup = field(default_factory=Cleanup)
+    source: str = "(built-in defaults)"
+
+
+def _int(obj: dict[str, Any], key: str, name: str, *, minimum: int, maximum: int) -> int | None:
+    if key not in obj:
+        return None
+    value = obj[key]
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{name}: expected an integer, got {value!r}")
+    if not minimum <= value <= maximum:
+        raise ConfigError(f"{name}: must be between {minimum} and {maximum}, got {value}")
+    return value
+
+
+def _check_keys(obj: object, allowed: set[str], name: str) -> dict[str, Any]:
+    if not isinstance(obj, dict):
+        raise ConfigError(f"{name}: expected an object")
+    unknown = sorted(set(obj) - allowed)
+    if unknown:
+        prefix = f"{name}." if name != "config" else ""
+        raise ConfigError(f"unknown key {prefix}{unknown[0]} (allowed: {', '.join(sorted(allowed))})")
+    return obj
+
+
+def parse_config(raw: object, *, source: str) -> ServerConfig:
+    """Validate an already-decoded config object."""
+    top = _check_keys(
+        raw, {"$schema", "maxConcurrent", "defaults", "cleanup", "poolSize", "port"}, "config"
+    )
+    max_concurrent = _int(top, "maxConcurrent", "maxConcurrent", minimum=1, maximum=10_000)
+    pool_size = _int(top, "poolSize", "poolSize", minimum=0, maximum=100)
+
+    d = _check_keys(
+        top.get("defaults", {}),
+        {"timeoutMs", "memoryLimit", "cpuLimit", "pidsLimit", "network", "sandboxSize", "tmpSize",
+         "maxOutputSize"},
+        "defaults",
+    )
+    base = Defaults()
+    timeout = _int(d, "timeoutMs", "defaults.timeoutMs", minimum=1, maximum=24 * 3_600_000)
+    pids = _int(d, "pidsLimit", "defaults.pidsLimit", minimum=8, maximum=65_536)
+    max_output = _int(d, "maxOutputSize", "defaults.maxOutputSize", minimum=1, maximum=1024**3)
+    cpu: float | None = None
+    if "cpuLimit" in d:
+        value = d["cpuLimit"]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.01 <= value <= 64:
+            raise ConfigError(f"defaults.cpuLimit: expected a number between 0.01 and 64, got {value!r}")
+        cpu = float(value)
+    network = d.get("network", base.network)
+    if network not in NETWORK_MODES:
+        raise ConfigError(f"defaults.network: expected one of {', '.join(NETWORK_MODES)}, got {network!r}")
+    defaults = Defaults(
+        timeout_ms=timeout or base.timeout_ms,
+        memory_limit=parse_size(d["memoryLimit"], name="defaults.memoryLimit")
+        if "memoryLimit" in d
+        else base.memory_limit,
+        cpu_limit=cpu or base.cpu_limit,
+        pids_limit=pids or base.pids_limit,
+        network=network,
+        sandbox_size=parse_size(d["sandboxSize"], name="defaults.sandboxSize")
+        if "sandboxSize" in d
+        else base.sandbox_size,
+        tmp_size=parse_size(d["tmpSize"], name="defaults.tmpSize") if "tmpSize" in d else base.tmp_size,
+        max_output_size=max_output or base.max_output_size,
+    )
+    if defaults.sandbox_size + defaults.tmp_size >= defaults.memory_limit:
+        raise ConfigError(
+            "defaults.memoryLimit: must exceed sandboxSize + tmpSize, because tmpfs pages count "
+            "against the container's memory"
+        )
+
+    c = _check_keys(top.get("cleanup", {}), {"autoPrune", "maxContainerAgeMs"}, "cleanup")
+    auto_prune = c.get("autoPrune", True)
+    if not isinstance(auto_prune, bool):
+        raise ConfigError(f"cleanup.autoPrune: expected true or false, got {auto_prune!r}")
+    age = _int(c, "maxContainerAgeMs", "cleanup.maxContainerAgeMs", minimum=1000, maximum=30 * 86_400_000)
+    cleanup = Cleanup(auto_prune=auto_prune, max_container_age_ms=age or Cleanup.max_container_age_ms)
+
+    return ServerConfig(
+        max_concurrent=max_concurrent or ServerConfig.max_concurrent,
+        pool_size=ServerConfig.pool_size if pool_size is None else pool_size,
+        defaults=defaults,
+        cleanup=cleanup,
+        source=source,
+    )
+
+
+def load_config(path: str | None = None) -> ServerConfig:
+    """Find and load the config file; raise ConfigError naming what is wrong."""
+    explicit = path or os.environ.get("ISOL8_CONFIG")
+    candidate = Path(explicit) if explicit else Path.cwd() / "isol8.config.json"
+    if not candidate.exists():
+        if explicit:
+            raise ConfigError(f"config file not found: {candidate}")
+        return ServerConfig()
+    try:
+        raw = json.loads(candidate.read_text())
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{candidate}: not valid JSON ({exc})") from exc
+    try:
+        return parse_config(raw, source=str(candidate))
+    except ConfigError as exc:
+        raise ConfigError(f"{candidate}: {exc}") from exc

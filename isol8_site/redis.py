@@ -1,0 +1,18 @@
+"""The shared Redis client of a process (quota counters, result push, cancels)."""
+
+from __future__ import annotations
+
+import redis
+from django.conf import settings
+
+_client: redis.Redis | None = None
+
+
+def get_redis() -> redis.Redis:
+    """A process-wide client; its connection pool is thread-safe."""
+    global _client
+    if _client is None:
+        _client = redis.Redis.from_url(
+            settings.REDIS_URL, socket_connect_timeout=2, health_check_interval=30
+        )
+    return _client

@@ -1,0 +1,22 @@
+"""Routes: isol8's HTTP protocol (api.md), the history extensions, and the admin."""
+
+from django.contrib import admin
+from django.urls import path
+
+from executions import apis as executions
+from isol8_site.health import HealthApi
+
+handler400 = "isol8_site.errors.json_400"
+handler404 = "isol8_site.errors.json_404"
+handler500 = "isol8_site.errors.json_500"
+
+urlpatterns = [
+    path("health", HealthApi.as_view()),
+    path("execute", executions.ExecuteApi.as_view()),
+    path("execute/stream", executions.ExecuteStreamApi.as_view()),
+    path("executions", executions.ExecutionListApi.as_view()),
+    path("executions/<str:execution_id>", executions.ExecutionDetailApi.as_view()),
+    path("executions/<str:execution_id>/events", executions.ExecutionEventsApi.as_view()),
+    path("executions/<str:execution_id>/cancel", executions.ExecutionCancelApi.as_view()),
+    path("admin/", admin.site.urls),
+]

@@ -1,0 +1,122 @@
+"""Admin for tenants and API keys: create keys (shown once), revoke them, see use."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django import forms
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest
+
+from tenants.models import ApiKey, Tenant
+from tenants.services import apikey_create, apikey_revoke
+
+
+class ApiKeyInline(admin.TabularInline):
+    model = ApiKey
+    extra = 0
+    can_delete = False
+    fields = ("display_prefix", "name", "created_at", "expires_at", "last_used_at", "revoked_at")
+    readonly_fields = fields
+    show_change_link = True
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(Tenant)
+class TenantAdmin(admin.ModelAdmin):
+    list_display = (
+        "slug", "name", "is_active", "max_concurrent", "max_per_minute", "max_sessions",
+        "usage", "created_at",
+    )
+    list_filter = ("is_active",)
+    search_fields = ("slug", "name")
+    readonly_fields = ("created_at", "usage")
+    inlines = [ApiKeyInline]
+    fieldsets = (
+        (None, {"fields": ("slug", "name", "is_active", "created_at", "usage")}),
+        (
+            "Quotas and caps",
+            {
+                "fields": (
+                    "max_concurrent", "max_per_minute", "max_sessions", "monthly_seconds",
+                    "max_timeout_ms", "max_memory", "max_cpu", "max_pids", "max_output_size",
+                    "allowed_runtimes", "allowed_networks",
+                )
+            },
+        ),
+    )
+
+    @admin.display(description="Usage now")
+    def usage(self, obj: Tenant) -> str:
+        # Imported here: the quota module reads Redis and is not needed to import admin.
+        from executions.quotas import tenant_usage
+
+        try:
+            usage = tenant_usage(tenant=obj)
+        except Exception as exc:  # noqa: BLE001 - the page must render when Redis is down
+            return f"unavailable ({exc.__class__.__name__})"
+        return (
+            f"{usage.running}/{obj.max_concurrent} running, "
+            f"{usage.last_minute}/{obj.max_per_minute} this minute, "
+            f"{usage.sessions}/{obj.max_sessions} sessions, "
+            f"{usage.month_seconds:.0f}s this month"
+            + (f" of {obj.monthly_seconds}s" if obj.monthly_seconds else "")
+        )
+
+
+class ApiKeyAddForm(forms.ModelForm):
+    class Meta:
+        model = ApiKey
+        fields = ("tenant", "name", "expires_at")
+
+
+@admin.register(ApiKey)
+class ApiKeyAdmin(admin.ModelAdmin):
+    list_display = (
+        "display_prefix", "name", "tenant", "created_at", "expires_at", "last_used_at", "revoked_at",
+    )
+    list_filter = ("tenant", ("revoked_at", admin.EmptyFieldListFilter))
+    list_select_related = ("tenant",)
+    search_fields = ("name", "prefix", "tenant__slug")
+    readonly_fields = ("display_prefix", "tenant", "created_at", "last_used_at", "revoked_at")
+    fields = ("display_prefix", "tenant", "name", "expires_at", "created_at", "last_used_at", "revoked_at")
+    actions = ["revoke_keys"]
+
+    def get_form(self, request: HttpRequest, obj: Any = None, change: bool = False, **kwargs: Any) -> Any:
+        if obj is None:
+            kwargs["form"] = ApiKeyAddForm
+        return super().get_form(request, obj, change=change, **kwargs)
+
+    def get_fields(self, request: HttpRequest, obj: Any = None) -> Any:
+        return ApiKeyAddForm.Meta.fields if obj is None else self.fields
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
+        return () if obj is None else self.readonly_fields
+
+    def save_model(self, request: HttpRequest, obj: ApiKey, form: Any, change: bool) -> None:
+        if change:
+            super().save_model(request, obj, form, change)
+            return
+        created = apikey_create(tenant=obj.tenant, name=obj.name)
+        if obj.expires_at:
+            ApiKey.objects.filter(pk=created.api_key.pk).update(expires_at=obj.expires_at)
+        # The admin redirects to the new object; make `obj` that object.
+        obj.pk = created.api_key.pk
+        obj._state.adding = False
+        messages.warning(
+            request,
+            f"New API key for {obj.tenant.slug}: {created.plaintext} — copy it now, "
+            "it is not stored and will not be shown again.",
+        )
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        # Keys are revoked, not deleted, so history can still name them.
+        return False
+
+    @admin.action(description="Revoke selected keys (irreversible)")
+    def revoke_keys(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> None:
+        revoked = sum(apikey_revoke(api_key=key) for key in queryset)
+        self.message_user(request, f"Revoked {revoked} key(s); {queryset.count() - revoked} already were.")

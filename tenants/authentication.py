@@ -1,0 +1,89 @@
+"""API key authentication for DRF, exactly as api.md describes it.
+
+``Authorization: Bearer <key>`` (scheme case-insensitive, any number of spaces)
+or a bare key. Keys are looked up by their HMAC digest and compared in constant
+time; nothing is cached, so a revocation applies to the very next request.
+"""
+
+from __future__ import annotations
+
+import hmac
+from dataclasses import dataclass
+from typing import Any
+
+from django.conf import settings
+from django.utils import timezone
+from rest_framework.authentication import BaseAuthentication
+from rest_framework.permissions import BasePermission
+from rest_framework.request import Request
+
+from isol8_site.errors import ApiError, unauthorized
+from tenants.models import ApiKey, Tenant
+from tenants.services import apikey_touch, key_digest, tenant_ensure_default
+
+
+@dataclass
+class Principal:
+    """Who is calling: a tenant, through one of its keys or the master key."""
+
+    tenant: Tenant
+    api_key: ApiKey | None
+    is_master: bool
+
+    is_authenticated = True
+    is_anonymous = False
+
+
+def parse_authorization(header: str) -> str:
+    """Return the key from an Authorization header value ("" when there is none)."""
+    value = header.strip()
+    scheme, _, rest = value.partition(" ")
+    if scheme.lower() == "bearer":
+        return rest.strip()
+    return value
+
+
+def authenticate_key(key: str) -> Principal:
+    """Resolve a presented key to its principal, or raise the documented error."""
+    if not key:
+        raise unauthorized("Missing Authorization header")
+    master = settings.ISOL8_API_KEY
+    if master and hmac.compare_digest(key_digest(key), key_digest(master)):
+        return Principal(tenant=tenant_ensure_default(), api_key=None, is_master=True)
+    digest = key_digest(key)
+    api_key = ApiKey.objects.select_related("tenant").filter(digest=digest).first()
+    if (
+        api_key is None
+        or not hmac.compare_digest(api_key.digest, digest)
+        or api_key.revoked_at is not None
+        or (api_key.expires_at is not None and api_key.expires_at <= timezone.now())
+    ):
+        raise unauthorized("Invalid API key")
+    if not api_key.tenant.is_active:
+        raise ApiError(403, "forbidden", "Tenant is disabled")
+    apikey_touch(api_key=api_key)
+    return Principal(tenant=api_key.tenant, api_key=api_key, is_master=False)
+
+
+class ApiKeyAuthentication(BaseAuthentication):
+    def authenticate(self, request: Request) -> tuple[Principal, Any]:
+        header = request.META.get("HTTP_AUTHORIZATION", "")
+        principal = authenticate_key(parse_authorization(header))
+        return principal, principal.api_key
+
+    def authenticate_header(self, request: Request) -> str:
+        return "Bearer"
+
+
+class IsTenant(BasePermission):
+    def has_permission(self, request: Request, view: Any) -> bool:
+        return isinstance(request.user, Principal)
+
+
+class IsMaster(BasePermission):
+    """Master-only routes: a tenant key gets 403 forbidden."""
+
+    def has_permission(self, request: Request, view: Any) -> bool:
+        if not isinstance(request.user, Principal) or not request.user.is_master:
+            raise ApiError(403, "forbidden", "This route needs the master key")
+        return True

@@ -1,0 +1,128 @@
+"""Tenants, their quotas, and their API keys."""
+
+from __future__ import annotations
+
+import uuid
+
+from django.conf import settings
+from django.core.validators import MinValueValidator, RegexValidator
+from django.db import models
+
+RUNTIMES = ("python", "node", "bash", "bun", "deno")
+NETWORK_MODES = ("none", "filtered", "host")
+
+
+def default_runtimes() -> list[str]:
+    return list(RUNTIMES)
+
+
+def default_networks() -> list[str]:
+    return ["none"]
+
+
+def _tenant_default(name: str) -> int:
+    return int(settings.ISOL8_TENANT_DEFAULTS[name])
+
+
+def default_max_concurrent() -> int:
+    return _tenant_default("max_concurrent")
+
+
+def default_max_per_minute() -> int:
+    return _tenant_default("max_per_minute")
+
+
+def default_max_sessions() -> int:
+    return _tenant_default("max_sessions")
+
+
+def default_max_timeout_ms() -> int:
+    return _tenant_default("max_timeout_ms")
+
+
+def default_max_memory() -> int:
+    return _tenant_default("max_memory")
+
+
+class Tenant(models.Model):
+    """A customer of the service. Everything it owns is scoped by it."""
+
+    slug = models.SlugField(
+        max_length=64,
+        unique=True,
+        validators=[RegexValidator(r"^[a-z0-9][a-z0-9-]*$", "lowercase letters, digits and dashes")],
+    )
+    name = models.CharField(max_length=200)
+    is_active = models.BooleanField(
+        default=True, help_text="A disabled tenant's keys get 403 on every route."
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    # Quotas and caps. A request over a cap is refused (403 policy_denied), never
+    # silently lowered; a quota that is used up gives 429 quota_exceeded.
+    max_concurrent = models.PositiveIntegerField(
+        default=default_max_concurrent, validators=[MinValueValidator(1)],
+        help_text="Executions running at once.",
+    )
+    max_per_minute = models.PositiveIntegerField(
+        default=default_max_per_minute, validators=[MinValueValidator(1)],
+        help_text="Executions started per rolling minute.",
+    )
+    max_sessions = models.PositiveIntegerField(
+        default=default_max_sessions, help_text="Live persistent sessions."
+    )
+    max_timeout_ms = models.PositiveIntegerField(
+        default=default_max_timeout_ms, validators=[MinValueValidator(1)],
+        help_text="Highest timeoutMs a request may ask for.",
+    )
+    max_memory = models.PositiveBigIntegerField(
+        default=default_max_memory, validators=[MinValueValidator(64 * 1024 * 1024)],
+        help_text="Highest memoryLimit, in bytes.",
+    )
+    max_cpu = models.FloatField(default=2.0, help_text="Highest cpuLimit (CPUs).")
+    max_pids = models.PositiveIntegerField(default=256, help_text="Highest pidsLimit.")
+    max_output_size = models.PositiveIntegerField(
+        default=8 * 1024 * 1024, help_text="Highest maxOutputSize per stream, in bytes."
+    )
+    allowed_runtimes = models.JSONField(default=default_runtimes)
+    allowed_networks = models.JSONField(
+        default=default_networks, help_text='Network modes a request may pick; "none" is the default.'
+    )
+    monthly_seconds = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Execution seconds per calendar month; empty = unlimited."
+    )
+
+    class Meta:
+        ordering = ["slug"]
+
+    def __str__(self) -> str:
+        return self.slug
+
+
+class ApiKey(models.Model):
+    """A tenant's API key. Only its digest is stored; the plaintext is shown once."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="api_keys")
+    name = models.CharField(max_length=200, blank=True)
+    prefix = models.CharField(max_length=16, help_text="First 10 characters, for recognising a key.")
+    digest = models.CharField(max_length=64, unique=True, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
+    revoked_at = models.DateTimeField(null=True, blank=True, editable=False)
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name = "API key"
+
+    def __str__(self) -> str:
+        return f"{self.display_prefix} ({self.tenant.slug})"
+
+    @property
+    def display_prefix(self) -> str:
+        return f"{self.prefix}..."
+
+    @property
+    def is_revoked(self) -> bool:
+        return self.revoked_at is not None
