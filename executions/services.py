@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,7 +12,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from executions import events
+from executions import events, quotas
 from executions.models import FINISHED, Execution, Status
 from executions.runner import TIMEOUT_EVENT, TIMEOUT_MARKER, truncation_marker
 from executions.spec import ExecutionSpec, Limits, RunResult
@@ -53,8 +54,35 @@ def execution_create(
     streamed: bool,
     session: Any = None,
 ) -> Execution:
-    """Record a queued execution. Secret values go to Redis, never to the database."""
+    """Take the tenant's quota and record a queued execution.
+
+    Raises 429 when a quota is used up. Secret values go to Redis, never to
+    the database.
+    """
+    execution_id = uuid.uuid4()
+    quotas.acquire(
+        tenant=tenant,
+        execution_id=str(execution_id),
+        hold_seconds=quotas.hold_seconds_for(limits.timeout_ms),
+    )
+    try:
+        execution = _record(execution_id, tenant, spec, limits, streamed, session)
+    except BaseException:
+        quotas.release(tenant_id=tenant.pk, execution_id=str(execution_id))
+        raise
+    return execution
+
+
+def _record(
+    execution_id: uuid.UUID,
+    tenant: Tenant,
+    spec: ExecutionSpec,
+    limits: Limits,
+    streamed: bool,
+    session: Any,
+) -> Execution:
     execution = Execution.objects.create(
+        id=execution_id,
         tenant=tenant,
         session=session,
         runtime=spec.runtime,
@@ -106,6 +134,7 @@ def execution_cancel(*, execution: Execution) -> Execution:
         status=Status.CANCELLED, finished_at=timezone.now(), error="Cancelled", exit_code=137
     )
     if queued:
+        quotas.release(tenant_id=execution.tenant_id, execution_id=str(execution.pk))
         execution.refresh_from_db()
         _announce_end(execution)
         return execution
@@ -123,6 +152,7 @@ def execution_fail(*, execution_id: str, reason: str) -> bool:
     ).update(status=Status.ERROR, error=reason, finished_at=timezone.now())
     if updated:
         execution = Execution.objects.get(pk=execution_id)
+        quotas.release(tenant_id=execution.tenant_id, execution_id=execution_id)
         _announce_end(execution)
     return bool(updated)
 
@@ -185,6 +215,11 @@ def execution_finish(*, execution: Execution, result: RunResult) -> None:
         "container_id": result.container_id,
     }
     updated = Execution.objects.filter(pk=execution.pk, status=Status.RUNNING).update(**fields)
+    quotas.release(
+        tenant_id=execution.tenant_id,
+        execution_id=str(execution.pk),
+        seconds=result.duration_ms / 1000,
+    )
     if not updated:
         # The reaper or a cancel finished it first; their answer stands.
         return

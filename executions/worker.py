@@ -76,12 +76,15 @@ class Worker:
             threading.Thread(target=target, name=f"isol8-{name}", daemon=True).start()
         logger.info("isol8 worker %s ready (%s mode)", self.host, settings.ISOL8_SANDBOX_MODE)
 
-    def stop(self) -> None:
+    def cancel_all(self) -> None:
         self.stopping.set()
         with self.lock:
             handles = list(self.handles.values())
         for handle in handles:
             handle.cancel()
+
+    def stop(self) -> None:
+        self.cancel_all()
         self.pool.close()
         get_redis().hdel(HEARTBEAT_KEY, self.host)
         remove_orphans(keep=set())

@@ -11,7 +11,7 @@ import os
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_ready, worker_shutdown
+from celery.signals import worker_ready, worker_shutdown, worker_shutting_down
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "isol8_site.settings")
 
@@ -37,6 +37,15 @@ def _start_worker(**kwargs: Any) -> None:
     from executions.worker import get_worker
 
     get_worker().start()
+
+
+@worker_shutting_down.connect
+def _cancel_runs(**kwargs: Any) -> None:
+    # A warm shutdown waits for running tasks: cancel them so it does not
+    # wait for a long program's timeout.
+    from executions.worker import get_worker
+
+    get_worker().cancel_all()
 
 
 @worker_shutdown.connect

@@ -1,0 +1,162 @@
+"""`python manage.py serve`: the whole service on one machine (isol8's `serve`).
+
+It checks its prerequisites (Docker, Redis, images, database), then runs three
+child processes: the ASGI web server (uvicorn), a Celery worker (thread pool,
+the shared run queue and this host's own queue) and Celery beat. Ctrl-C or
+SIGTERM stops all three; the worker removes its containers on the way out, and
+whatever it could not remove is removed here by label.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+from django.conf import settings
+from django.core.management import call_command
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from executions import sandbox
+from isol8_site.celery import host_queue
+from isol8_site.config import ConfigError, load_config
+from tenants.services import tenant_ensure_default
+
+STOP_GRACE_SECONDS = 20
+
+
+class Command(BaseCommand):
+    help = "Run the web server, a worker and beat; stop them all on Ctrl-C or SIGTERM."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "3000")))
+        parser.add_argument("--host", default=os.environ.get("ISOL8_BIND", "127.0.0.1"))
+        parser.add_argument("--key", default=None, help="master key (default: ISOL8_API_KEY)")
+        parser.add_argument("--config", default=None, help="isol8.config.json to use")
+        parser.add_argument("--web-workers", type=int, default=1)
+        parser.add_argument("--no-beat", action="store_true")
+        parser.add_argument(
+            "--generate-key", action="store_true", help="make up a master key when none is set"
+        )
+
+    def handle(self, *args: Any, **opts: Any) -> None:
+        env = dict(os.environ)
+        if opts["config"]:
+            try:
+                load_config(opts["config"])
+            except ConfigError as exc:
+                raise CommandError(f"bad config: {exc}") from exc
+            env["ISOL8_CONFIG"] = os.path.abspath(opts["config"])
+        key = opts["key"] or settings.ISOL8_API_KEY
+        if not key and opts["generate_key"]:
+            key = "isol8_master_" + secrets.token_hex(24)
+            self.stdout.write(f"No ISOL8_API_KEY set; generated master key for this run: {key}")
+        if not key:
+            raise CommandError("API key required: use --key or set ISOL8_API_KEY")
+        env["ISOL8_API_KEY"] = key
+        if not 1 <= opts["port"] <= 65535:
+            raise CommandError(f"invalid port {opts['port']}")
+        self.check_prerequisites()
+        call_command("migrate", interactive=False, verbosity=0)
+        tenant_ensure_default()
+
+        python = sys.executable
+        host = settings.ISOL8_WORKER_HOST
+        commands = {
+            "web": [
+                python, "-m", "uvicorn", "isol8_site.asgi:application",
+                "--host", opts["host"], "--port", str(opts["port"]),
+                "--workers", str(opts["web_workers"]), "--no-access-log",
+                "--timeout-graceful-shutdown", "5",
+            ],
+            "worker": [
+                python, "-m", "celery", "-A", "isol8_site", "worker", "-P", "threads",
+                "-c", str(settings.ISOL8_WORKER_CONCURRENCY), "-n", f"isol8@{host}",
+                "-Q", f"{settings.ISOL8_RUN_QUEUE},{host_queue(host)}", "-l", "INFO",
+                "--without-gossip", "--without-mingle",
+            ],
+        }
+        if not opts["no_beat"]:
+            schedule = settings.DATA_DIR / "celerybeat-schedule"
+            commands["beat"] = [
+                python, "-m", "celery", "-A", "isol8_site", "beat", "-l", "WARNING",
+                "-s", str(schedule),
+            ]
+        children: dict[str, subprocess.Popen[bytes]] = {}
+        stopping = False
+
+        def stop(signum: int, frame: Any) -> None:
+            nonlocal stopping
+            stopping = True
+
+        signal.signal(signal.SIGINT, stop)
+        signal.signal(signal.SIGTERM, stop)
+        try:
+            for name, argv in commands.items():
+                children[name] = subprocess.Popen(argv, env=env, cwd=settings.BASE_DIR)
+            self.banner(opts["host"], opts["port"], key)
+            while not stopping:
+                for name, child in children.items():
+                    if child.poll() is not None:
+                        self.stderr.write(f"{name} exited with {child.returncode}; stopping")
+                        stopping = True
+                time.sleep(0.3)
+        finally:
+            self.shutdown(children)
+
+    def banner(self, bind: str, port: int, key: str) -> None:
+        where = "localhost" if bind in ("0.0.0.0", "127.0.0.1", "::") else bind
+        url = f"http://{where}:{port}"
+        self.stdout.write(
+            f"isol8 server v{settings.ISOL8_VERSION} listening on http://{bind}:{port} "
+            f"(worker {settings.ISOL8_WORKER_HOST}, {settings.ISOL8_SANDBOX_MODE} mode; "
+            "Ctrl-C stops everything)\n"
+            "Try it:\n"
+            f"  curl -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' \\\n"
+            f"       -d '{{\"request\":{{\"runtime\":\"python\",\"code\":\"print(1)\"}}}}' {url}/execute\n"
+            f"Admin: {url}/admin/ (user {os.environ.get('ISOL8_ADMIN_USER', 'admin')}; "
+            "set ISOL8_ADMIN_PASSWORD before `make run` to create or reset it)"
+        )
+
+    def check_prerequisites(self) -> None:
+        problems = []
+        if not sandbox.docker_ping():
+            problems.append("Docker is not reachable: start dockerd (`make run` does this)")
+        try:
+            from isol8_site.redis import get_redis
+
+            get_redis().ping()
+        except Exception as exc:  # noqa: BLE001 - reported as a prerequisite
+            problems.append(f"Redis is not reachable at {settings.REDIS_URL}: {exc}")
+        if not problems:
+            missing = sandbox.missing_images(settings.ISOL8_RUNTIMES)
+            if missing:
+                problems.append(
+                    f"sandbox images missing: {', '.join(missing)} (run `python manage.py build_images`)"
+                )
+        if problems:
+            raise CommandError("cannot start:\n  - " + "\n  - ".join(problems))
+
+    def shutdown(self, children: dict[str, subprocess.Popen[bytes]]) -> None:
+        for child in children.values():
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE_SECONDS
+        for name, child in children.items():
+            try:
+                child.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                self.stderr.write(f"{name} did not stop in time; killing it")
+                child.kill()
+                child.wait()
+        # Whatever the worker could not remove (it was killed) goes now.
+        try:
+            for container in sandbox.list_managed(host=settings.ISOL8_WORKER_HOST):
+                sandbox.remove_container(container.id)
+        except Exception as exc:  # noqa: BLE001 - Docker gone: nothing more to do
+            self.stderr.write(f"could not clean up containers: {exc}")
+        self.stdout.write("isol8 stopped")

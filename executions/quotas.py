@@ -1,0 +1,135 @@
+"""Per-tenant quotas, enforced atomically in Redis across all web processes.
+
+* concurrency: a sorted set of the tenant's executions in flight, each scored
+  with the time after which it no longer counts. A slot is released when the
+  execution ends however it ends (worker, cancel, reaper); if every one of those
+  misses it (a crash at the worst moment), the score still expires it, so a
+  quota can never leak forever.
+* rate: a sliding one-minute window of start times.
+* monthly budget: execution seconds added up per tenant and calendar month.
+
+Acquiring checks everything in one Lua script, so two requests racing for the
+last slot cannot both get it.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+
+from django.conf import settings
+from django.utils import timezone
+
+from isol8_site.errors import ApiError
+from isol8_site.redis import get_redis
+from tenants.models import Tenant
+
+ACQUIRE = """
+local running, rate, month = KEYS[1], KEYS[2], KEYS[3]
+local now, expires, id = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
+local max_running, max_rate = tonumber(ARGV[4]), tonumber(ARGV[5])
+local budget = tonumber(ARGV[6])
+redis.call('ZREMRANGEBYSCORE', running, '-inf', now)
+redis.call('ZREMRANGEBYSCORE', rate, '-inf', now - 60)
+if budget >= 0 then
+  local used = tonumber(redis.call('GET', month) or '0')
+  if used >= budget then return {'month', 0} end
+end
+if redis.call('ZCARD', running) >= max_running then
+  local first = redis.call('ZRANGE', running, 0, 0, 'WITHSCORES')
+  return {'concurrency', first[2] or now}
+end
+if redis.call('ZCARD', rate) >= max_rate then
+  local first = redis.call('ZRANGE', rate, 0, 0, 'WITHSCORES')
+  return {'rate', first[2] or now}
+end
+redis.call('ZADD', running, expires, id)
+redis.call('ZADD', rate, now, id)
+redis.call('EXPIRE', running, 86400)
+redis.call('EXPIRE', rate, 120)
+return {'ok', 0}
+"""
+
+
+def _keys(tenant_id: int) -> tuple[str, str, str]:
+    month = timezone.now().strftime("%Y%m")
+    return (
+        f"isol8:q:running:{tenant_id}",
+        f"isol8:q:rate:{tenant_id}",
+        f"isol8:q:month:{tenant_id}:{month}",
+    )
+
+
+def quota_exceeded(message: str, retry_after: float) -> ApiError:
+    seconds = max(1, math.ceil(retry_after))
+    return ApiError(429, "quota_exceeded", message, headers={"Retry-After": str(seconds)})
+
+
+def acquire(*, tenant: Tenant, execution_id: str, hold_seconds: float) -> None:
+    """Take a concurrency slot and a rate token, or raise 429 naming the quota."""
+    now = time.time()
+    budget = -1 if tenant.monthly_seconds is None else tenant.monthly_seconds
+    script = get_redis().register_script(ACQUIRE)
+    verdict, when = script(
+        keys=list(_keys(tenant.pk)),
+        args=[now, now + hold_seconds, execution_id, tenant.max_concurrent, tenant.max_per_minute, budget],
+    )
+    verdict = verdict.decode() if isinstance(verdict, bytes) else verdict
+    if verdict == "ok":
+        return
+    if verdict == "concurrency":
+        raise quota_exceeded(
+            f"Quota exceeded: at most {tenant.max_concurrent} concurrent executions", 1
+        )
+    if verdict == "rate":
+        retry = float(when) + 60 - now
+        raise quota_exceeded(f"Quota exceeded: at most {tenant.max_per_minute} executions per minute", retry)
+    next_month = (timezone.now().replace(day=28) + timedelta(days=4)).replace(
+        day=1, hour=0, minute=0, second=0, microsecond=0
+    )
+    raise quota_exceeded(
+        f"Quota exceeded: the monthly budget of {tenant.monthly_seconds} execution seconds is used up",
+        (next_month - timezone.now()).total_seconds(),
+    )
+
+
+def release(*, tenant_id: int, execution_id: str, seconds: float = 0.0) -> None:
+    """Free the execution's slot and charge its run time to the month."""
+    running, _, month = _keys(tenant_id)
+    pipe = get_redis().pipeline(transaction=False)
+    pipe.zrem(running, execution_id)
+    if seconds > 0:
+        pipe.incrbyfloat(month, seconds)
+        pipe.expire(month, 40 * 86400)
+    pipe.execute()
+
+
+@dataclass(frozen=True)
+class Usage:
+    running: int
+    last_minute: int
+    sessions: int
+    month_seconds: float
+
+
+def tenant_usage(*, tenant: Tenant) -> Usage:
+    from sessions_app.models import Session, SessionState
+
+    running, rate, month = _keys(tenant.pk)
+    now = time.time()
+    r = get_redis()
+    return Usage(
+        running=int(r.zcount(running, now, "+inf")),
+        last_minute=int(r.zcount(rate, now - 60, "+inf")),
+        sessions=Session.objects.filter(
+            tenant=tenant, state__in=[SessionState.STARTING, SessionState.ACTIVE]
+        ).count(),
+        month_seconds=float(r.get(month) or 0),
+    )
+
+
+def hold_seconds_for(timeout_ms: int) -> float:
+    """How long a slot may count at most: queueing, the run, and grace."""
+    return settings.ISOL8_QUEUE_TIMEOUT + timeout_ms / 1000 + settings.ISOL8_RESULT_GRACE + 30

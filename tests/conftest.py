@@ -1,0 +1,153 @@
+"""Fixtures: the real stack (uvicorn + a Celery worker + Redis + Docker), tenants, keys.
+
+The ``stack`` fixture starts the web server and a worker as separate processes
+on the test database file, once per sandbox mode: every test that uses it runs
+against the launcher path and again against the ``docker exec`` fallback.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from django.conf import settings
+
+ROOT = Path(__file__).resolve().parent.parent
+MODES = [m for m in os.environ.get("ISOL8_TEST_MODES", "launcher,exec").split(",") if m]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Stack:
+    """A running service: its URL, its processes, and helpers to call it."""
+
+    url: str
+    mode: str
+    env: dict[str, str]
+    log_dir: Path
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    def client(self, key: str | None = None, **kwargs: Any) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=120, **kwargs)
+
+    def start_worker(self, name: str = "worker", **extra_env: str) -> subprocess.Popen[bytes]:
+        env = {**self.env, **extra_env}
+        host = env["ISOL8_WORKER_HOST"]
+        queues = f"{env['ISOL8_RUN_QUEUE']},isol8.host.{host}"
+        log = open(self.log_dir / f"{name}-{self.mode}.log", "ab")  # noqa: SIM115 - lives with the process
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "isol8_site", "worker", "-P", "threads",
+             "-c", "8", "-Q", queues, "-n", f"{name}@{host}", "-l", "INFO",
+             "--without-gossip", "--without-mingle", "--without-heartbeat"],
+            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+        )
+        self.procs[name] = proc
+        return proc
+
+    def stop(self, name: str, sig: int = signal.SIGTERM, timeout: float = 30) -> None:
+        proc = self.procs.pop(name, None)
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def wait_healthy(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        last = ""
+        while time.monotonic() < deadline:
+            try:
+                response = httpx.get(f"{self.url}/health", timeout=2)
+                if response.status_code == 200:
+                    return
+                last = response.text
+            except httpx.HTTPError as exc:
+                last = str(exc)
+            time.sleep(0.2)
+        raise RuntimeError(f"stack not healthy after {timeout}s: {last}")
+
+
+@pytest.fixture(scope="session", params=MODES)
+def stack(request: pytest.FixtureRequest, django_db_setup: Any, django_db_blocker: Any) -> Iterator[Stack]:
+    mode = request.param
+    db_name = settings.DATABASES["default"]["NAME"]
+    port = free_port()
+    log_dir = Path(settings.DATA_DIR) / "logs"
+    log_dir.mkdir(exist_ok=True)
+    env = {
+        **os.environ,
+        "DATABASE_URL": f"sqlite:///{db_name}",
+        "ISOL8_SANDBOX_MODE": mode,
+        "PYTHONUNBUFFERED": "1",
+    }
+    stack = Stack(url=f"http://127.0.0.1:{port}", mode=mode, env=env, log_dir=log_dir)
+    web_log = open(log_dir / f"web-{mode}.log", "ab")  # noqa: SIM115
+    stack.procs["web"] = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "isol8_site.asgi:application", "--port", str(port),
+         "--no-access-log"],
+        cwd=ROOT, env=env, stdout=web_log, stderr=subprocess.STDOUT,
+    )
+    stack.start_worker()
+    try:
+        stack.wait_healthy()
+        yield stack
+    finally:
+        for name in list(stack.procs):
+            stack.stop(name)
+    from executions import sandbox
+
+    leftovers = sandbox.list_managed(host=env["ISOL8_WORKER_HOST"])
+    for container in leftovers:
+        sandbox.remove_container(container.id)
+    assert not leftovers, f"containers left behind by the {mode} stack: {leftovers}"
+
+
+@pytest.fixture
+def tenant(transactional_db: Any) -> Any:
+    from tenants.services import tenant_create
+
+    return tenant_create(slug=f"t-{os.urandom(4).hex()}", name="Test tenant")
+
+
+def make_key(tenant: Any, **kwargs: Any) -> str:
+    from tenants.services import apikey_create
+
+    return apikey_create(tenant=tenant, **kwargs).plaintext
+
+
+@pytest.fixture
+def api_key(tenant: Any) -> str:
+    return make_key(tenant)
+
+
+@pytest.fixture
+def api(stack: Stack, api_key: str) -> Iterator[httpx.Client]:
+    with stack.client(api_key) as client:
+        yield client
+
+
+def run(api: httpx.Client, request: dict[str, Any], options: dict[str, Any] | None = None,
+        **extra: Any) -> httpx.Response:
+    body: dict[str, Any] = {"request": request, **extra}
+    if options is not None:
+        body["options"] = options
+    return api.post("/execute", json=body)
