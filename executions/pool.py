@@ -33,6 +33,7 @@ from executions.spec import Limits
 logger = logging.getLogger(__name__)
 
 Key = tuple[str, tuple[object, ...]]  # (runtime, container profile)
+UNASSIGNED = "unassigned"
 
 
 class SandboxPool:
@@ -177,7 +178,12 @@ class SandboxPool:
         box: Sandbox | None = None
         try:
             box = sandbox.create_sandbox(
-                runtime=runtime, limits=self.default_limits, labels={sandbox.LABEL_POOL: "warm"}
+                runtime=runtime,
+                limits=self.default_limits,
+                # Labels cannot change after creation; the tenant that first
+                # uses it owns it from then on (kept in this process and in the
+                # execution rows' container ids).
+                labels={sandbox.LABEL_POOL: "warm", sandbox.LABEL_TENANT: UNASSIGNED},
             )
         except SandboxError as exc:
             logger.warning("could not start a warm %s sandbox: %s", runtime, exc)

@@ -53,12 +53,14 @@ return {'ok', 0}
 """
 
 
-def _keys(tenant_id: int) -> tuple[str, str, str]:
+def _keys(tenant_slug: str) -> tuple[str, str, str]:
+    # Keyed by slug (unique and stable), not by row id, so test databases or
+    # a restored backup sharing one Redis never mix their counters.
     month = timezone.now().strftime("%Y%m")
     return (
-        f"isol8:q:running:{tenant_id}",
-        f"isol8:q:rate:{tenant_id}",
-        f"isol8:q:month:{tenant_id}:{month}",
+        f"isol8:q:running:{tenant_slug}",
+        f"isol8:q:rate:{tenant_slug}",
+        f"isol8:q:month:{tenant_slug}:{month}",
     )
 
 
@@ -73,7 +75,7 @@ def acquire(*, tenant: Tenant, execution_id: str, hold_seconds: float) -> None:
     budget = -1 if tenant.monthly_seconds is None else tenant.monthly_seconds
     script = get_redis().register_script(ACQUIRE)
     verdict, when = script(
-        keys=list(_keys(tenant.pk)),
+        keys=list(_keys(tenant.slug)),
         args=[now, now + hold_seconds, execution_id, tenant.max_concurrent, tenant.max_per_minute, budget],
     )
     verdict = verdict.decode() if isinstance(verdict, bytes) else verdict
@@ -95,9 +97,9 @@ def acquire(*, tenant: Tenant, execution_id: str, hold_seconds: float) -> None:
     )
 
 
-def release(*, tenant_id: int, execution_id: str, seconds: float = 0.0) -> None:
+def release(*, tenant_slug: str, execution_id: str, seconds: float = 0.0) -> None:
     """Free the execution's slot and charge its run time to the month."""
-    running, _, month = _keys(tenant_id)
+    running, _, month = _keys(tenant_slug)
     pipe = get_redis().pipeline(transaction=False)
     pipe.zrem(running, execution_id)
     if seconds > 0:
@@ -117,7 +119,7 @@ class Usage:
 def tenant_usage(*, tenant: Tenant) -> Usage:
     from sessions_app.models import Session, SessionState
 
-    running, rate, month = _keys(tenant.pk)
+    running, rate, month = _keys(tenant.slug)
     now = time.time()
     r = get_redis()
     return Usage(

@@ -68,7 +68,7 @@ def execution_create(
     try:
         execution = _record(execution_id, tenant, spec, limits, streamed, session)
     except BaseException:
-        quotas.release(tenant_id=tenant.pk, execution_id=str(execution_id))
+        quotas.release(tenant_slug=tenant.slug, execution_id=str(execution_id))
         raise
     return execution
 
@@ -134,7 +134,7 @@ def execution_cancel(*, execution: Execution) -> Execution:
         status=Status.CANCELLED, finished_at=timezone.now(), error="Cancelled", exit_code=137
     )
     if queued:
-        quotas.release(tenant_id=execution.tenant_id, execution_id=str(execution.pk))
+        quotas.release(tenant_slug=execution.tenant.slug, execution_id=str(execution.pk))
         execution.refresh_from_db()
         _announce_end(execution)
         return execution
@@ -151,8 +151,8 @@ def execution_fail(*, execution_id: str, reason: str) -> bool:
         pk=execution_id, status__in=[Status.QUEUED, Status.RUNNING]
     ).update(status=Status.ERROR, error=reason, finished_at=timezone.now())
     if updated:
-        execution = Execution.objects.get(pk=execution_id)
-        quotas.release(tenant_id=execution.tenant_id, execution_id=execution_id)
+        execution = Execution.objects.select_related("tenant").get(pk=execution_id)
+        quotas.release(tenant_slug=execution.tenant.slug, execution_id=execution_id)
         _announce_end(execution)
     return bool(updated)
 
@@ -216,7 +216,7 @@ def execution_finish(*, execution: Execution, result: RunResult) -> None:
     }
     updated = Execution.objects.filter(pk=execution.pk, status=Status.RUNNING).update(**fields)
     quotas.release(
-        tenant_id=execution.tenant_id,
+        tenant_slug=execution.tenant.slug,
         execution_id=str(execution.pk),
         seconds=result.duration_ms / 1000,
     )

@@ -33,6 +33,8 @@ class StrictSerializer(serializers.Serializer):  # type: ignore[type-arg]
     known_extra: tuple[str, ...] = ()
 
     def to_internal_value(self, data: Any) -> Any:
+        # Kept for validate(): nested serializers have no initial_data.
+        self.raw = data if isinstance(data, dict) else {}
         if isinstance(data, dict):
             unknown = sorted(set(data) - set(self.fields) - set(self.known_extra))
             if unknown:
@@ -169,7 +171,7 @@ class OptionsSerializer(StrictSerializer):
         for name in ("memoryLimit", "sandboxSize", "tmpSize"):
             if name in attrs:
                 attrs[name] = self._size(attrs[name], name)
-        data = self.initial_data
+        data = self.raw
         if data.get("readonlyRootFs") is False:
             raise ApiError(403, "policy_denied", "options.readonlyRootFs: the root filesystem is always read-only")
         security = data.get("security")

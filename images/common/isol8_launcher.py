@@ -405,12 +405,32 @@ def write_files(files: list[list[str]]) -> None:
             raise OpError("validation_error", f"cannot write {path}: {exc.strerror}") from None
 
 
+def read_tmp_file(path: str, max_bytes: int) -> bytes:
+    """A run's output file under /tmp (anything the code could read itself anyway)."""
+    try:
+        fd = os.open(posixpath.normpath(path), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        raise OpError("not_found", f"file not found: {path}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > max_bytes:
+            raise OpError("not_found", f"not a regular file within the size limit: {path}")
+        with os.fdopen(os.dup(fd), "rb") as fh:
+            return fh.read(max_bytes + 1)[:max_bytes]
+    finally:
+        os.close(fd)
+
+
 def read_files(paths: list[str], max_bytes: int) -> dict[str, str]:
     found: dict[str, str] = {}
     for path in paths:
         try:
-            found[path] = base64.b64encode(read_user_file(path, max_bytes)).decode()
-        except OpError:
+            if path.startswith("/tmp/"):
+                data = read_tmp_file(path, max_bytes)
+            else:
+                data = read_user_file(path, max_bytes)
+            found[path] = base64.b64encode(data).decode()
+        except (OpError, OSError):
             continue  # missing or refused output paths are omitted, as isol8 does
     return found
 
