@@ -42,6 +42,15 @@ class StrictSerializer(serializers.Serializer):  # type: ignore[type-arg]
         return super().to_internal_value(data)
 
 
+class Text(serializers.CharField):
+    """A string field that refuses numbers and booleans instead of converting them."""
+
+    def to_internal_value(self, data: Any) -> str:
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return str(super().to_internal_value(data))
+
+
 def check_sandbox_path(path: str, *, allow_tmp: bool) -> str:
     """A path under /sandbox (or /tmp), relative ones being relative to /sandbox."""
     full = posixpath.normpath(path if path.startswith("/") else posixpath.join("/sandbox", path))
@@ -56,28 +65,28 @@ def check_sandbox_path(path: str, *, allow_tmp: bool) -> str:
 class RequestSerializer(StrictSerializer):
     """isol8's ExecutionRequest."""
 
-    runtime = serializers.CharField()
-    code = serializers.CharField(required=False, allow_blank=True, trim_whitespace=False)
-    cmd = serializers.CharField(required=False, allow_blank=True, trim_whitespace=False)
-    codeUrl = serializers.CharField(required=False, allow_blank=True)
-    codeHash = serializers.CharField(required=False, allow_blank=True)
+    runtime = Text()
+    code = Text(required=False, allow_blank=True, trim_whitespace=False)
+    cmd = Text(required=False, allow_blank=True, trim_whitespace=False)
+    codeUrl = Text(required=False, allow_blank=True)
+    codeHash = Text(required=False, allow_blank=True)
     allowInsecureCodeUrl = serializers.BooleanField(required=False)
-    stdin = serializers.CharField(required=False, allow_blank=True, trim_whitespace=False)
+    stdin = Text(required=False, allow_blank=True, trim_whitespace=False)
     env = serializers.DictField(
-        child=serializers.CharField(allow_blank=True, trim_whitespace=False), required=False
+        child=Text(allow_blank=True, trim_whitespace=False), required=False
     )
     files = serializers.DictField(
-        child=serializers.CharField(allow_blank=True, trim_whitespace=False), required=False
+        child=Text(allow_blank=True, trim_whitespace=False), required=False
     )
     outputPaths = serializers.ListField(
-        child=serializers.CharField(), required=False, max_length=MAX_FILES
+        child=Text(), required=False, max_length=MAX_FILES
     )
     timeoutMs = serializers.IntegerField(required=False, min_value=1, max_value=MAX_INT)
-    fileExtension = serializers.CharField(required=False)
-    workdir = serializers.CharField(required=False)
-    setupScript = serializers.CharField(required=False, allow_blank=True, trim_whitespace=False)
-    installPackages = serializers.ListField(child=serializers.CharField(), required=False)
-    metadata = serializers.DictField(child=serializers.CharField(allow_blank=True), required=False)
+    fileExtension = Text(required=False)
+    workdir = Text(required=False)
+    setupScript = Text(required=False, allow_blank=True, trim_whitespace=False)
+    installPackages = serializers.ListField(child=Text(), required=False)
+    metadata = serializers.DictField(child=Text(allow_blank=True), required=False)
 
     def validate_runtime(self, value: str) -> str:
         if value not in settings.ISOL8_RUNTIMES:
@@ -151,7 +160,7 @@ class OptionsSerializer(StrictSerializer):
     sandboxSize = serializers.JSONField(required=False)
     tmpSize = serializers.JSONField(required=False)
     secrets = serializers.DictField(
-        child=serializers.CharField(allow_blank=True, trim_whitespace=False), required=False
+        child=Text(allow_blank=True, trim_whitespace=False), required=False
     )
     network = serializers.ChoiceField(choices=NETWORK_MODES, required=False)
 
@@ -185,7 +194,7 @@ class OptionsSerializer(StrictSerializer):
 class ExecuteSerializer(StrictSerializer):
     request = RequestSerializer()
     options = OptionsSerializer(required=False)
-    sessionId = serializers.CharField(required=False)
+    sessionId = Text(required=False)
 
     def validate_sessionId(self, value: str) -> str:  # noqa: N802
         if not SESSION_ID.match(value):
