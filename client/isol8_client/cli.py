@@ -1,0 +1,456 @@
+"""The ``isol8`` command line: run code on a remote isol8 server, manage sessions and files.
+
+It mirrors isol8's own CLI (``isol8 run --host ...``): output is streamed live
+by default and the command exits with the program's exit code, so it can be
+used in shell pipelines and CI steps. Every failure is one ``[ERR] ...`` line
+on stderr: exit code 2 for a usage mistake, 1 for anything the server or the
+network said.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+import httpx
+
+from isol8_client._version import __version__
+from isol8_client.client import RemoteIsol8
+from isol8_client.errors import (
+    AuthenticationError,
+    Isol8Error,
+    PermissionDeniedError,
+    QuotaExceededError,
+    UnavailableError,
+)
+from isol8_client.models import ExecutionResult, SessionInfo, StreamEvent
+
+# isol8's RuntimeRegistry.detect table (extension → runtime).
+RUNTIME_BY_EXTENSION = {
+    ".py": "python",
+    ".mjs": "node",
+    ".js": "node",
+    ".cjs": "node",
+    ".ts": "bun",
+    ".mts": "deno",
+    ".sh": "bash",
+}
+USAGE_ERROR = 2
+FAILURE = 1
+
+Handler = Callable[[argparse.Namespace, httpx.BaseTransport | None], int]
+
+
+class UsageError(Exception):
+    """A mistake on the command line, reported without a traceback (exit code 2)."""
+
+
+# -- entry point ---------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None, *, transport: httpx.BaseTransport | None = None) -> int:
+    """Run one ``isol8`` command and return its exit code (``transport`` is for tests)."""
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list[:1] == ["serve"]:
+        # Handled before argparse so that every option (even --help) goes to manage.py.
+        return serve(args_list[1:])
+    args = build_parser().parse_args(args_list)
+    handler: Handler = args.handler
+    try:
+        return handler(args, transport)
+    except UsageError as exc:
+        return fail(str(exc), USAGE_ERROR)
+    except Isol8Error as exc:
+        return fail(describe_error(exc), FAILURE)
+    except KeyboardInterrupt:
+        return 130
+
+
+def fail(message: str, code: int) -> int:
+    print(f"[ERR] {message}", file=sys.stderr, flush=True)
+    return code
+
+
+def describe_error(exc: Isol8Error) -> str:
+    """One line that says what went wrong and what to do about it."""
+    if isinstance(exc, AuthenticationError):
+        return f"Authentication failed ({exc.status}): {exc.message}. Check --key or ISOL8_API_KEY."
+    if isinstance(exc, QuotaExceededError):
+        return f"Quota exceeded ({exc.status} {exc.code}): {exc.message}{_retry_hint(exc)}"
+    if isinstance(exc, UnavailableError):
+        return f"Server unavailable ({exc.status}): {exc.message}{_retry_hint(exc)}"
+    if isinstance(exc, PermissionDeniedError):
+        return f"Not allowed ({exc.status} {exc.code}): {exc.message}"
+    return str(exc)
+
+
+def _retry_hint(exc: Isol8Error) -> str:
+    if exc.retry_after is None:
+        return ""
+    return f"; Retry-After: {exc.retry_after:g} s (or pass --retry to wait automatically)"
+
+
+# -- argument parsing ------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argparse tree: run, sessions list|stop, file put|get, serve."""
+    parser = argparse.ArgumentParser(prog="isol8", description="Run code on a remote isol8 server.")
+    parser.add_argument("--version", action="version", version=f"isol8 client {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    common = _common_options()
+    _add_run(commands, common)
+    _add_sessions(commands, common)
+    _add_file(commands, common)
+    commands.add_parser(
+        "serve", help="start the server: runs `python manage.py serve ARGS` in the project checkout",
+        add_help=False,
+    )
+    return parser
+
+
+def _common_options() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--host", help="server URL (default: $ISOL8_HOST), e.g. http://localhost:3000")
+    common.add_argument("--key", help="API key (default: $ISOL8_API_KEY)")
+    common.add_argument(
+        "--retry", action="store_true", help="wait and retry when the server answers 429 or 503"
+    )
+    return common
+
+
+def _add_run(commands: argparse._SubParsersAction[argparse.ArgumentParser],
+             common: argparse.ArgumentParser) -> None:
+    run = commands.add_parser("run", parents=[common], help="run code and stream its output")
+    run.add_argument("file", nargs="?", help="source file; the runtime follows its extension")
+    run.add_argument("-e", "--eval", dest="code", help="code to run (default runtime: python)")
+    run.add_argument("--cmd", help="shell command, run as `bash -c` (default runtime: bash)")
+    run.add_argument("-r", "--runtime", help="python, node, bun, deno or bash")
+    run.add_argument("--persistent", action="store_true", help="run in a session deleted at exit")
+    run.add_argument("--session-id", help="run in this session and keep it after exit")
+    run.add_argument("--stdin", help="text piped to the program's stdin")
+    run.add_argument("--timeout", type=int, metavar="MS", help="time limit in milliseconds")
+    run.add_argument("--memory", help="memory limit, e.g. 512m")
+    run.add_argument("--cpu", type=float, help="CPU limit (number of CPUs)")
+    run.add_argument("--pids-limit", type=int, help="maximum number of processes")
+    run.add_argument("--max-output", type=int, metavar="BYTES", help="output limit per stream")
+    run.add_argument("--net", help="network mode (none unless the tenant allows more)")
+    run.add_argument("--workdir", help="working directory inside /sandbox")
+    run.add_argument("--env", action="append", default=[], metavar="K=V", help="environment variable")
+    run.add_argument("--secret", action="append", default=[], metavar="K=V",
+                     help="secret environment variable, masked as *** in the output")
+    run.add_argument("--no-stream", dest="stream", action="store_false",
+                     help="wait for the end and print the whole output")
+    run.set_defaults(handler=cmd_run)
+
+
+def _add_sessions(commands: argparse._SubParsersAction[argparse.ArgumentParser],
+                  common: argparse.ArgumentParser) -> None:
+    sessions = commands.add_parser("sessions", help="list or stop persistent sessions")
+    actions = sessions.add_subparsers(dest="action", required=True, metavar="ACTION")
+    listing = actions.add_parser("list", parents=[common], help="list your sessions")
+    listing.add_argument("--json", action="store_true", help="print the server's JSON")
+    listing.set_defaults(handler=cmd_sessions_list)
+    stop = actions.add_parser("stop", parents=[common], help="stop and delete a session")
+    stop.add_argument("id", help="session id")
+    stop.set_defaults(handler=cmd_sessions_stop)
+
+
+def _add_file(commands: argparse._SubParsersAction[argparse.ArgumentParser],
+              common: argparse.ArgumentParser) -> None:
+    files = commands.add_parser("file", help="copy files into or out of a session")
+    actions = files.add_subparsers(dest="action", required=True, metavar="ACTION")
+    put = actions.add_parser("put", parents=[common], help="upload LOCAL to REMOTE in a session")
+    put.add_argument("local")
+    put.add_argument("remote")
+    put.add_argument("--session-id", required=True)
+    put.set_defaults(handler=cmd_file_put)
+    get = actions.add_parser("get", parents=[common], help="download REMOTE from a session")
+    get.add_argument("remote")
+    get.add_argument("local", nargs="?", help="destination (default: REMOTE's name here; - for stdout)")
+    get.add_argument("--session-id", required=True)
+    get.set_defaults(handler=cmd_file_get)
+
+
+# -- connecting ------------------------------------------------------------------
+
+
+def connect(
+    args: argparse.Namespace, transport: httpx.BaseTransport | None, session_id: str | None = None,
+    **options: Any,
+) -> RemoteIsol8:
+    """A client for --host/--key (or $ISOL8_HOST/$ISOL8_API_KEY)."""
+    host, key = endpoint(args)
+    return RemoteIsol8(host, key, session_id, retry=args.retry, transport=transport, **options)
+
+
+def endpoint(args: argparse.Namespace) -> tuple[str, str]:
+    """Server URL and API key from the flags or the environment, refusing to guess either."""
+    host = args.host or os.environ.get("ISOL8_HOST")
+    if not host:
+        raise UsageError("No server given: use --host URL or set ISOL8_HOST (e.g. http://localhost:3000).")
+    key = args.key or os.environ.get("ISOL8_API_KEY")
+    if not key:
+        raise UsageError("API key required: use --key or set ISOL8_API_KEY.")
+    return host, key
+
+
+# -- isol8 run -------------------------------------------------------------------
+
+
+def cmd_run(args: argparse.Namespace, transport: httpx.BaseTransport | None) -> int:
+    """``isol8 run``: execute code, streamed by default, and pass the exit code on."""
+    endpoint(args)  # complain about a missing key before waiting for code on stdin
+    source = read_source(args)
+    session_id = args.session_id or (f"cli-{int(time.time() * 1000)}" if args.persistent else None)
+    client = connect(args, transport, session_id, **run_options(args))
+    try:
+        if args.stream:
+            return stream_to_terminal(client.execute_stream(**source))
+        return print_result(client.execute(**source))
+    finally:
+        # An explicit --session-id is the user's to keep; a generated one is ours to delete.
+        finish_session(client, keep=args.session_id is not None)
+
+
+def read_source(args: argparse.Namespace) -> dict[str, Any]:
+    """The code (or cmd), runtime and file extension of ``isol8 run``, as execute() keywords."""
+    given = [name for name, value in (("FILE", args.file), ("-e", args.code), ("--cmd", args.cmd)) if value]
+    if len(given) > 1:
+        raise UsageError(f"Give only one of FILE, -e/--eval or --cmd (got {' and '.join(given)}).")
+    source: dict[str, Any] = {}
+    if args.cmd:
+        source.update(cmd=args.cmd, runtime=args.runtime or "bash")
+    elif args.file:
+        source.update(code=_read_file(args.file), **_file_runtime(args.file, args.runtime))
+    else:
+        code = args.code if args.code is not None else sys.stdin.read()
+        if not code.strip():
+            raise UsageError("No code to run: give a FILE, -e CODE, --cmd, or pipe code on stdin.")
+        source.update(code=code, runtime=args.runtime or "python")
+    if args.stdin is not None:
+        source["stdin"] = args.stdin
+    if args.workdir:
+        source["workdir"] = args.workdir
+    if args.env:
+        source["env"] = parse_pairs(args.env, "--env")
+    return source
+
+
+def _read_file(name: str) -> str:
+    try:
+        return Path(name).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"Cannot read {name}: {exc}") from exc
+
+
+def _file_runtime(name: str, runtime: str | None) -> dict[str, str]:
+    """Runtime from --runtime or the extension; the extension is sent too (``.cjs`` matters to node)."""
+    suffix = Path(name).suffix
+    detected = runtime or RUNTIME_BY_EXTENSION.get(suffix.lower())
+    if detected is None:
+        raise UsageError(f"Cannot detect runtime for {name}. Use --runtime to specify.")
+    return {"runtime": detected, "file_extension": suffix} if suffix else {"runtime": detected}
+
+
+def run_options(args: argparse.Namespace) -> dict[str, Any]:
+    """isol8 options from the limit flags; unset flags leave the server's defaults."""
+    return {
+        "timeout_ms": args.timeout,
+        "memory_limit": args.memory,
+        "cpu_limit": args.cpu,
+        "pids_limit": args.pids_limit,
+        "max_output_size": args.max_output,
+        "network": args.net,
+        "secrets": parse_pairs(args.secret, "--secret") or None,
+    }
+
+
+def parse_pairs(pairs: Sequence[str], flag: str) -> dict[str, str]:
+    """``["A=1", "B=x=y"]`` → ``{"A": "1", "B": "x=y"}``."""
+    result: dict[str, str] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise UsageError(f"{flag} expects KEY=VALUE, got {pair!r}.")
+        result[name] = value
+    return result
+
+
+def stream_to_terminal(events: Iterable[StreamEvent]) -> int:
+    """Copy stdout/stderr events to the terminal as they come; return the program's exit code.
+
+    As in isol8, an error event prints ``[ERR] ...`` and sets exit code 1, and
+    a non-zero exit event (137 after a timeout) sets its own. isol8's server
+    ends a failed stream with an error event and no exit event; a stream that
+    ends with neither was cut, which must not pass for success.
+    """
+    exit_code = 0
+    ended = False
+    for event in events:
+        if event.type == "stdout":
+            _write(sys.stdout, event.data)
+        elif event.type == "stderr":
+            _write(sys.stderr, event.data)
+        elif event.type == "error":
+            ended, exit_code = True, FAILURE
+            print(f"[ERR] {event.data}", file=sys.stderr, flush=True)
+        elif event.type == "exit":
+            ended = True
+            if event.exit_code != 0:
+                exit_code = FAILURE if event.exit_code is None else event.exit_code
+    if not ended:
+        return fail("The stream ended before the program's exit code arrived.", FAILURE)
+    return exit_code
+
+
+def _write(stream: TextIO, data: str) -> None:
+    # Flushed per event: the terminal (or a pipe) must see output while the program runs.
+    stream.write(data)
+    stream.flush()
+
+
+def print_result(result: ExecutionResult) -> int:
+    """``--no-stream``: print the whole output as isol8 does and return the exit code."""
+    if result.stdout:
+        print(result.stdout, flush=True)
+    if result.stderr:
+        print(result.stderr, file=sys.stderr, flush=True)
+    if result.truncated:
+        print("[WARN] Output was truncated", file=sys.stderr, flush=True)
+    return result.exit_code
+
+
+def finish_session(client: RemoteIsol8, *, keep: bool) -> None:
+    """Close the client, deleting its session unless the user named it; never mask the run's result."""
+    if keep or client.session_id is None:
+        client.close()
+        return
+    try:
+        client.stop()
+    except Isol8Error as exc:
+        print(f"[WARN] Could not delete session {client.session_id}: {exc}", file=sys.stderr)
+
+
+# -- isol8 sessions / file ---------------------------------------------------------
+
+
+def cmd_sessions_list(args: argparse.Namespace, transport: httpx.BaseTransport | None) -> int:
+    """``isol8 sessions list``: one line per session, or the JSON with --json."""
+    client = connect(args, transport)
+    try:
+        sessions = client.list_sessions()
+    finally:
+        client.close()
+    if args.json:
+        print(json.dumps([_session_json(s) for s in sessions], indent=2))
+    elif not sessions:
+        print("No sessions.")
+    else:
+        print(f"{'ID':<40} {'ACTIVE':<7} {'RUNTIME':<8} LAST ACCESSED")
+        for s in sessions:
+            print(f"{s.id:<40} {'yes' if s.is_active else 'no':<7} {s.runtime or '-':<8} "
+                  f"{s.last_accessed_at or '-'}")
+    return 0
+
+
+def _session_json(session: SessionInfo) -> dict[str, object]:
+    return {
+        "id": session.id, "isActive": session.is_active, "lastAccessedAt": session.last_accessed_at,
+        "runtime": session.runtime, "createdAt": session.created_at,
+    }
+
+
+def cmd_sessions_stop(args: argparse.Namespace, transport: httpx.BaseTransport | None) -> int:
+    """``isol8 sessions stop ID``: delete the session and its container."""
+    client = connect(args, transport)
+    try:
+        client.delete_session(args.id)
+    finally:
+        client.close()
+    print(f"Session {args.id} stopped.")
+    return 0
+
+
+def cmd_file_put(args: argparse.Namespace, transport: httpx.BaseTransport | None) -> int:
+    """``isol8 file put LOCAL REMOTE --session-id ID``."""
+    try:
+        content = Path(args.local).read_bytes()
+    except OSError as exc:
+        raise UsageError(f"Cannot read {args.local}: {exc}") from exc
+    client = connect(args, transport, args.session_id)
+    try:
+        client.put_file(args.remote, content)
+    finally:
+        client.close()
+    print(f"Uploaded {args.local} to {args.remote} in session {args.session_id} ({len(content)} bytes).")
+    return 0
+
+
+def cmd_file_get(args: argparse.Namespace, transport: httpx.BaseTransport | None) -> int:
+    """``isol8 file get REMOTE [LOCAL] --session-id ID``; LOCAL ``-`` writes to stdout."""
+    client = connect(args, transport, args.session_id)
+    try:
+        content = client.get_file(args.remote)
+    finally:
+        client.close()
+    local = args.local or Path(args.remote).name
+    if local == "-":
+        sys.stdout.buffer.write(content)
+        sys.stdout.flush()
+        return 0
+    try:
+        Path(local).write_bytes(content)
+    except OSError as exc:
+        raise UsageError(f"Cannot write {local}: {exc}") from exc
+    print(f"Downloaded {args.remote} from session {args.session_id} to {local} ({len(content)} bytes).")
+    return 0
+
+
+# -- isol8 serve -------------------------------------------------------------------
+
+
+def serve(argv: Sequence[str]) -> int:
+    """``isol8 serve ARGS``: become ``python manage.py serve ARGS`` of the project checkout.
+
+    The server is the Django project, not this package, so it can only run
+    from a checkout; exec (rather than a child process) lets Ctrl-C and
+    SIGTERM reach the server directly.
+    """
+    root = find_project(Path.cwd())
+    if root is None:
+        return fail(
+            "isol8 serve runs the server of an isol8 project checkout, and no manage.py was found in "
+            f"{Path.cwd()} or its parents. Run it from the checkout (or use `python manage.py serve` there).",
+            USAGE_ERROR,
+        )
+    python = project_python(root)
+    sys.stdout.flush()
+    os.execv(python, [python, str(root / "manage.py"), "serve", *argv])
+    return 0  # not reached: execv replaces this process
+
+
+def find_project(start: Path) -> Path | None:
+    """The nearest directory at or above ``start`` holding a manage.py."""
+    for directory in (start, *start.parents):
+        if (directory / "manage.py").is_file():
+            return directory
+    return None
+
+
+def project_python(root: Path) -> str:
+    """The checkout's own virtualenv if it has one: this CLI may be installed where Django is not."""
+    for candidate in (root / ".venv" / "bin" / "python", root / ".venv" / "Scripts" / "python.exe"):
+        if candidate.is_file():
+            return str(candidate)
+    return sys.executable
+
+
+if __name__ == "__main__":
+    sys.exit(main())

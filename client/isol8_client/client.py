@@ -1,0 +1,223 @@
+"""``RemoteIsol8``: the blocking client, a Python twin of isol8's TypeScript RemoteIsol8.
+
+It speaks only HTTP + SSE (never isol8's WebSocket path, which drops the
+session id), so it works against this server and against the original one.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from types import TracebackType
+from typing import Any
+
+import httpx
+
+from isol8_client import _protocol as proto
+from isol8_client.errors import Isol8Error, NotFoundError
+from isol8_client.models import ExecutionResult, SessionInfo, StreamEvent
+
+
+class RemoteIsol8:
+    """A connection to one isol8 server, optionally bound to one persistent session.
+
+    ``options`` are isol8's ``Isol8Options`` in snake_case (``memory_limit="256m"``,
+    ``cpu_limit=0.5``, ``timeout_ms``, ``pids_limit``, ``max_output_size``,
+    ``secrets={...}``, ``network``...); they are sent, camelCased, with every
+    execution. ``retry=True`` retries 429/503 answers up to ``max_retries``
+    times, waiting what ``Retry-After`` says (at most ``max_retry_wait`` s).
+    """
+
+    def __init__(
+        self,
+        host: str,
+        api_key: str,
+        session_id: str | None = None,
+        *,
+        retry: bool = False,
+        max_retries: int = 3,
+        max_retry_wait: float = 60.0,
+        timeout: float | httpx.Timeout | None = proto.DEFAULT_TIMEOUT,
+        transport: httpx.BaseTransport | None = None,
+        **options: Any,
+    ) -> None:
+        self.host = proto.normalize_host(host)
+        self.session_id = session_id
+        self.options = proto.options_to_wire(options)
+        self.retry_policy = proto.RetryPolicy(retry, max_retries, max_retry_wait)
+        self._http = httpx.Client(
+            base_url=self.host, headers=proto.auth_headers(api_key), timeout=timeout, transport=transport
+        )
+
+    # -- lifecycle ---------------------------------------------------------
+
+    def start(self) -> None:
+        """Check that the server answers GET /health with 2xx; it creates no session."""
+        self._call("GET", "/health")
+
+    def stop(self) -> None:
+        """Delete this client's session (if it has one), then close the connection pool.
+
+        A session that is already gone is fine: stopping is idempotent.
+        """
+        try:
+            if self.session_id is not None:
+                try:
+                    self.delete_session(self.session_id)
+                except NotFoundError:
+                    pass
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Close the HTTP connections without touching the session (it stays on the server)."""
+        self._http.close()
+
+    def __enter__(self) -> RemoteIsol8:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if exc is None:
+            self.stop()
+            return
+        # An error while cleaning up must not hide the one that ended the block.
+        try:
+            self.stop()
+        except Isol8Error:
+            pass
+
+    # -- executions --------------------------------------------------------
+
+    def execute(
+        self,
+        code: str | None = None,
+        *,
+        runtime: str = "python",
+        cmd: str | None = None,
+        stdin: str | None = None,
+        env: Mapping[str, str] | None = None,
+        files: Mapping[str, str | bytes] | None = None,
+        output_paths: Sequence[str] | None = None,
+        timeout_ms: int | None = None,
+        file_extension: str | None = None,
+        workdir: str | None = None,
+        setup_script: str | None = None,
+    ) -> ExecutionResult:
+        """Run code (or ``cmd``) and wait for the whole result (POST /execute)."""
+        request = proto.build_request(
+            code=code, runtime=runtime, cmd=cmd, stdin=stdin, env=env, files=files,
+            output_paths=output_paths, timeout_ms=timeout_ms, file_extension=file_extension,
+            workdir=workdir, setup_script=setup_script,
+        )
+        response = self._call("POST", "/execute", json=self._body(request))
+        return ExecutionResult.from_json(response.json())
+
+    def execute_stream(
+        self,
+        code: str | None = None,
+        *,
+        runtime: str = "python",
+        cmd: str | None = None,
+        stdin: str | None = None,
+        env: Mapping[str, str] | None = None,
+        files: Mapping[str, str | bytes] | None = None,
+        output_paths: Sequence[str] | None = None,
+        timeout_ms: int | None = None,
+        file_extension: str | None = None,
+        workdir: str | None = None,
+        setup_script: str | None = None,
+    ) -> Iterator[StreamEvent]:
+        """Run code and yield its events as the server sends them (POST /execute/stream).
+
+        The request is sent when iteration starts; errors the server gives
+        before the stream (401, 429...) are raised from the first ``next()``.
+        Leaving the loop early closes the connection.
+        """
+        request = proto.build_request(
+            code=code, runtime=runtime, cmd=cmd, stdin=stdin, env=env, files=files,
+            output_paths=output_paths, timeout_ms=timeout_ms, file_extension=file_extension,
+            workdir=workdir, setup_script=setup_script,
+        )
+        return self._stream(self._body(request))
+
+    # -- sessions and files --------------------------------------------------
+
+    def put_file(self, path: str, content: bytes | str) -> None:
+        """Upload a file into this client's session (text is sent as UTF-8)."""
+        body = proto.file_body(proto.require_session(self.session_id), path, content)
+        self._call("POST", "/file", json=body)
+
+    def get_file(self, path: str) -> bytes:
+        """Download a file from this client's session."""
+        params = {"sessionId": proto.require_session(self.session_id), "path": path}
+        return proto.decode_file(self._call("GET", "/file", params=params).json())
+
+    def list_sessions(self) -> list[SessionInfo]:
+        """The caller's live sessions."""
+        body = self._call("GET", "/sessions").json()
+        return [SessionInfo.from_json(item) for item in body.get("sessions", [])]
+
+    def delete_session(self, session_id: str) -> None:
+        """Stop and remove one of the caller's sessions and its container."""
+        self._call("DELETE", f"/session/{session_id}")
+
+    # -- plumbing ----------------------------------------------------------------
+
+    def _body(self, request: dict[str, Any]) -> dict[str, Any]:
+        return proto.execute_body(request, self.options, self.session_id)
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """One API call, raising the server's error, retried when the policy allows."""
+        attempt = 0
+        while True:
+            try:
+                response = self._http.request(method, path, **kwargs)
+            except httpx.TransportError as exc:
+                raise proto.connection_error(exc, self.host) from exc
+            error = proto.error_from_response(response)
+            if error is None:
+                return response
+            self._wait_or_raise(error, attempt)
+            attempt += 1
+
+    def _wait_or_raise(self, error: Isol8Error, attempt: int) -> None:
+        delay = self.retry_policy.delay(error, attempt)
+        if delay is None:
+            raise error
+        time.sleep(delay)
+
+    def _open_stream(self, body: dict[str, Any]) -> httpx.Response:
+        """Send the stream request and return the open 2xx response (retrying like _call)."""
+        attempt = 0
+        while True:
+            request = self._http.build_request("POST", "/execute/stream", json=body)
+            try:
+                response = self._http.send(request, stream=True)
+            except httpx.TransportError as exc:
+                raise proto.connection_error(exc, self.host) from exc
+            if response.is_success:
+                return response
+            try:
+                response.read()
+            finally:
+                response.close()
+            error = proto.error_from_response(response)
+            assert error is not None
+            self._wait_or_raise(error, attempt)
+            attempt += 1
+
+    def _stream(self, body: dict[str, Any]) -> Iterator[StreamEvent]:
+        response = self._open_stream(body)
+        parser = proto.SseParser()
+        try:
+            # iter_text yields each chunk as it comes off the socket: no buffering.
+            for chunk in response.iter_text():
+                yield from parser.feed(chunk)
+            yield from parser.finish()
+        except httpx.TransportError as exc:
+            raise proto.connection_error(exc, self.host) from exc
+        finally:
+            response.close()
