@@ -69,6 +69,12 @@ class Worker:
     # ------------------------------------------------------------ lifecycle
 
     def start(self) -> None:
+        # Whatever this host was running before it (re)started is lost.
+        lost = Execution.objects.filter(status=Status.RUNNING, worker_host=self.host)
+        for exec_id in lost.values_list("pk", flat=True):
+            services.execution_fail(
+                execution_id=str(exec_id), reason="The worker running this execution stopped"
+            )
         remove_orphans(keep=set())
         self.heartbeat()
         self.pool.start()

@@ -107,6 +107,12 @@ def stack(request: pytest.FixtureRequest, django_db_setup: Any, django_db_blocke
         cwd=ROOT, env=env, stdout=web_log, stderr=subprocess.STDOUT,
     )
     stack.start_worker()
+    beat_log = open(log_dir / f"beat-{mode}.log", "ab")  # noqa: SIM115
+    stack.procs["beat"] = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "isol8_site", "beat", "-l", "INFO",
+         "-s", str(log_dir / f"beat-schedule-{mode}")],
+        cwd=ROOT, env=env, stdout=beat_log, stderr=subprocess.STDOUT,
+    )
     try:
         stack.wait_healthy()
         yield stack
