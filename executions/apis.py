@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 from urllib.parse import urlencode
 
@@ -15,7 +16,9 @@ from rest_framework.views import APIView
 from executions import events, selectors, services
 from executions.models import FINISHED, Execution, Status
 from executions.validation import ExecuteSerializer, build_spec, resolve_limits
-from isol8_site.errors import ApiError, not_found, validation_error
+from isol8_site.celery import host_queue
+from isol8_site.errors import not_found, validation_error
+from sessions_app.services import session_claim_for_execution, session_release
 from tenants.authentication import Principal
 
 PAGE_SIZE = 50
@@ -44,12 +47,32 @@ class ExecuteBase(APIView):
         options = data.get("options", {})
         limits = resolve_limits(tenant=principal.tenant, request=data["request"], options=options)
         spec = build_spec(data["request"], options)
+        execution_id = uuid.uuid4()
+        session = None
         if data.get("sessionId"):
-            raise ApiError(403, "policy_denied", "Sessions are not enabled on this server yet")
-        execution = services.execution_create(
-            tenant=principal.tenant, spec=spec, limits=limits, streamed=self.streamed
-        )
-        services.execution_enqueue(execution=execution)
+            session = session_claim_for_execution(
+                tenant=principal.tenant,
+                session_id=data["sessionId"],
+                runtime=spec.runtime,
+                limits=limits,
+                execution_id=execution_id,
+            )
+        try:
+            execution = services.execution_create(
+                execution_id=execution_id,
+                tenant=principal.tenant,
+                spec=spec,
+                limits=limits,
+                streamed=self.streamed,
+                session=session,
+            )
+        except BaseException:
+            if session is not None:
+                session_release(session_pk=session.pk, owner=execution_id)
+            raise
+        # A session's runs go to the worker that holds its container.
+        queue = host_queue(session.worker_host) if session is not None and session.worker_host else None
+        services.execution_enqueue(execution=execution, queue=queue)
         return execution
 
 

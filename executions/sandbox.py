@@ -25,6 +25,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import cache
@@ -52,6 +53,7 @@ LABEL_SESSION = "isol8.session"
 LABEL_RUNTIME = "isol8.runtime"
 LABEL_POOL = "isol8.pool"
 LABEL_IMAGE = "isol8.image"
+LABEL_MODE = "isol8.mode"
 FRAME_HEADER = struct.Struct(">IB")
 MUX_HEADER = struct.Struct(">BxxxI")
 RUNTIME_IMAGES = ("python", "node", "bash", "bun", "deno")
@@ -309,7 +311,9 @@ class LauncherTransport:
         self.sock = _raw_socket(wrapper)
         self.reader = FrameReader(self.sock, container_id)
 
-    def call(self, request: dict[str, Any], deadline: float) -> Iterator[Frame]:
+    def call(
+        self, request: dict[str, Any], deadline: float, until_nonce: str | None = None
+    ) -> Iterator[Frame]:
         try:
             self.sock.sendall(encode_request(request))
         except OSError as exc:
@@ -317,7 +321,7 @@ class LauncherTransport:
         while True:
             frame = self.reader.read(deadline)
             yield frame
-            if frame.kind in ("x", "r"):
+            if frame.kind in ("x", "r") and (until_nonce is None or until_nonce.encode() in frame.payload):
                 return
 
     def send_control(self, request: dict[str, Any]) -> None:
@@ -338,7 +342,10 @@ class ExecTransport:
         self.container_id = container_id
         self._active: socket.socket | None = None
 
-    def call(self, request: dict[str, Any], deadline: float) -> Iterator[Frame]:
+    def call(
+        self, request: dict[str, Any], deadline: float, until_nonce: str | None = None
+    ) -> Iterator[Frame]:
+        # A fresh exec has no earlier frames: until_nonce needs no special care.
         api = client().api
         try:
             exec_id = api.exec_create(
@@ -409,6 +416,22 @@ class Sandbox:
                 reply = frame.json()
         return reply
 
+    def resync(self) -> None:
+        """Skip whatever an earlier connection left unread, up to a fresh ping's reply.
+
+        A re-attached launcher may still have frames of a run whose worker
+        died; they must not be taken for the answer to the next request.
+        """
+        nonce = uuid.uuid4().hex
+        deadline = time.monotonic() + 30.0
+        try:
+            for frame in self.transport.call({"op": "ping", "nonce": nonce}, deadline, until_nonce=nonce):
+                if frame.kind == "r" and frame.json().get("pong") == nonce:
+                    return
+        except BaseException:
+            self.broken = True
+            raise
+
     def cancel(self) -> None:
         """Ask the launcher to kill the run in progress (from another thread)."""
         try:
@@ -427,7 +450,7 @@ def create_sandbox(
     """Create and start a hardened container; returns once its launcher can take requests."""
     mode = mode or settings.ISOL8_SANDBOX_MODE
     config = hardened_config(
-        runtime=runtime, limits=limits, labels={LABEL_RUNTIME: runtime, **labels}, mode=mode
+        runtime=runtime, limits=limits, labels={LABEL_RUNTIME: runtime, LABEL_MODE: mode, **labels}, mode=mode
     )
     try:
         container = client().containers.create(**config)
@@ -456,7 +479,7 @@ def create_sandbox(
     )
 
 
-def adopt_sandbox(*, container_id: str, runtime: str, limits: Limits, mode: str) -> Sandbox | None:
+def adopt_sandbox(*, container_id: str, runtime: str, limits: Limits) -> Sandbox | None:
     """Reconnect to a running container (a session's, after a worker restart)."""
     try:
         container = client().containers.get(container_id)
@@ -465,12 +488,13 @@ def adopt_sandbox(*, container_id: str, runtime: str, limits: Limits, mode: str)
     if container.status != "running":
         remove_container(container_id)
         return None
+    mode = container.labels.get(LABEL_MODE, settings.ISOL8_SANDBOX_MODE)
     transport: LauncherTransport | ExecTransport = (
         LauncherTransport(container_id) if mode == "launcher" else ExecTransport(container_id)
     )
-    return Sandbox(
-        container_id=container_id, runtime=runtime, limits=limits, mode=mode, transport=transport
-    )
+    box = Sandbox(container_id=container_id, runtime=runtime, limits=limits, mode=mode, transport=transport)
+    box.resync()
+    return box
 
 
 def remove_container(container_id: str) -> None:

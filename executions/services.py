@@ -48,6 +48,7 @@ class Reply:
 
 def execution_create(
     *,
+    execution_id: uuid.UUID | None = None,
     tenant: Tenant,
     spec: ExecutionSpec,
     limits: Limits,
@@ -59,7 +60,7 @@ def execution_create(
     Raises 429 when a quota is used up. Secret values go to Redis, never to
     the database.
     """
-    execution_id = uuid.uuid4()
+    execution_id = execution_id or uuid.uuid4()
     quotas.acquire(
         tenant=tenant,
         execution_id=str(execution_id),
@@ -135,6 +136,7 @@ def execution_cancel(*, execution: Execution) -> Execution:
     )
     if queued:
         quotas.release(tenant_slug=execution.tenant.slug, execution_id=str(execution.pk))
+        _release_session(execution)
         execution.refresh_from_db()
         _announce_end(execution)
         return execution
@@ -153,8 +155,16 @@ def execution_fail(*, execution_id: str, reason: str) -> bool:
     if updated:
         execution = Execution.objects.select_related("tenant").get(pk=execution_id)
         quotas.release(tenant_slug=execution.tenant.slug, execution_id=execution_id)
+        _release_session(execution)
         _announce_end(execution)
     return bool(updated)
+
+
+def _release_session(execution: Execution) -> None:
+    if execution.session_id is not None:
+        from sessions_app.services import session_release
+
+        session_release(session_pk=execution.session_id, owner=execution.pk)
 
 
 # --------------------------------------------------------------- worker side
@@ -167,7 +177,7 @@ def execution_claim(*, execution_id: str) -> Execution | None:
     )
     if not claimed:
         return None
-    return Execution.objects.select_related("tenant").get(pk=execution_id)
+    return Execution.objects.select_related("tenant", "session", "session__tenant").get(pk=execution_id)
 
 
 def execution_spec(*, execution: Execution) -> tuple[ExecutionSpec, Limits]:

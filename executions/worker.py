@@ -13,6 +13,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 from datetime import timedelta
 
 from django.conf import settings
@@ -22,14 +23,24 @@ from django.utils import timezone
 from executions import events, sandbox, services
 from executions.models import Execution, Status
 from executions.pool import SandboxPool
-from executions.runner import RunHandle, run_in_sandbox
+from executions.runner import Publish, RunHandle, run_in_sandbox
 from executions.sandbox import DockerUnavailable, Sandbox, SandboxError
-from executions.spec import Limits, RunResult
+from executions.spec import ExecutionSpec, Limits, RunResult
 from isol8_site.redis import get_redis
+from sessions_app import services as session_services
+from sessions_app.models import Session, SessionState
 
 logger = logging.getLogger(__name__)
 
 HEARTBEAT_KEY = "isol8:workers"
+# Launcher file-operation error codes -> HTTP status.
+FILE_ERROR_STATUS = {
+    "path_outside_sandbox": 400,
+    "validation_error": 400,
+    "not_found": 404,
+    "payload_too_large": 413,
+    "sandbox_full": 507,
+}
 
 
 def default_limits() -> Limits:
@@ -62,6 +73,7 @@ class Worker:
         )
         self.handles: dict[str, RunHandle] = {}
         self.busy: dict[str, Sandbox] = {}  # sandboxes lent to runs in progress
+        self.sessions: dict[int, Sandbox] = {}  # session pk -> its sandbox, on this host
         self.lock = threading.Lock()
         self.stopping = threading.Event()
         self.docker_ok = True
@@ -75,7 +87,7 @@ class Worker:
             services.execution_fail(
                 execution_id=str(exec_id), reason="The worker running this execution stopped"
             )
-        remove_orphans(keep=set())
+        remove_orphans(keep=self.session_container_ids(mark_missing_dead=True))
         self.heartbeat()
         self.pool.start()
         for target, name in ((self._heartbeat_loop, "heartbeat"), (self._cancel_loop, "cancels")):
@@ -103,7 +115,26 @@ class Worker:
     def owned_container_ids(self) -> set[str]:
         with self.lock:
             busy = {box.container_id for box in self.busy.values()}
-        return busy | self.pool.owned_container_ids()
+        return busy | self.pool.owned_container_ids() | self.session_container_ids()
+
+    def session_container_ids(self, *, mark_missing_dead: bool = False) -> set[str]:
+        """Containers of this host's live sessions (kept by the orphan sweep).
+
+        With ``mark_missing_dead`` (worker start), sessions whose container
+        vanished are marked dead, so their next call gets a clear error.
+        """
+        live = Session.objects.filter(
+            worker_host=self.host, state__in=[SessionState.STARTING, SessionState.ACTIVE]
+        ).exclude(container_id="")
+        wanted = dict(live.values_list("container_id", "pk"))
+        if mark_missing_dead and wanted:
+            present = {c.id for c in sandbox.list_managed(host=self.host)}
+            for container_id, session_pk in wanted.items():
+                if container_id not in present:
+                    session_services.session_mark_dead(
+                        session_pk=session_pk, reason="its container is gone (worker or Docker restarted)"
+                    )
+        return set(wanted)
 
     def _heartbeat_loop(self) -> None:
         last_sweep = time.monotonic()
@@ -150,6 +181,9 @@ class Worker:
         try:
             spec, limits = services.execution_spec(execution=execution)
             publish = _publisher(execution) if execution.streamed else None
+            if execution.session_id is not None:
+                self._run_in_session(execution, spec, limits, handle, publish)
+                return
             try:
                 box = self.pool.acquire(
                     tenant=execution.tenant.slug,
@@ -191,6 +225,120 @@ class Worker:
     def running_ids(self) -> set[str]:
         with self.lock:
             return set(self.handles)
+
+    # -------------------------------------------------------------- sessions
+
+    def _run_in_session(
+        self,
+        execution: Execution,
+        spec: ExecutionSpec,
+        limits: Limits,
+        handle: RunHandle,
+        publish: Publish | None,
+    ) -> None:
+        session = execution.session
+        assert session is not None
+        try:
+            try:
+                box = self._session_sandbox(session, create=True)
+            except DockerUnavailable as exc:
+                result = RunResult(status="error", error=str(exc), error_code="docker_unavailable")
+            except SandboxError as exc:
+                result = RunResult(status="error", error=f"Session sandbox unavailable: {exc}")
+            else:
+                result = run_in_sandbox(
+                    box,
+                    spec,
+                    limits,
+                    in_session=True,
+                    max_file_bytes=settings.ISOL8_FILE_MAX_BYTES,
+                    history_max=settings.ISOL8_HISTORY_MAX_OUTPUT,
+                    publish=publish,
+                    handle=handle,
+                )
+                self._after_session_run(session, box)
+            services.execution_finish(execution=execution, result=result)
+        finally:
+            session_services.session_release(session_pk=session.pk, owner=execution.pk)
+
+    def _after_session_run(self, session: Session, box: Sandbox) -> None:
+        """Keep a session usable after a bad run, or declare it dead."""
+        if not box.broken:
+            return
+        # A timeout, OOM or pids exhaustion: kill what is left of the run and
+        # carry on. A broken stream or a dead container ends the session.
+        try:
+            if sandbox.container_running(box.container_id) and box.request({"op": "kill"}).get("clean"):
+                box.broken = False
+                return
+        except SandboxError:
+            pass
+        self._forget_session(session.pk, destroy=True)
+        session_services.session_mark_dead(session_pk=session.pk, reason="its sandbox failed")
+
+    def _session_sandbox(self, session: Session, *, create: bool) -> Sandbox:
+        """The session's sandbox on this host: known, re-attached, or (first run) new."""
+        with self.lock:
+            box = self.sessions.get(session.pk)
+        if box is not None and not box.broken:
+            return box
+        limits = Limits.from_json(session.limits)
+        if session.container_id:
+            box = sandbox.adopt_sandbox(
+                container_id=session.container_id, runtime=session.runtime, limits=limits
+            )
+            if box is None:
+                session_services.session_mark_dead(session_pk=session.pk, reason="its container is gone")
+                raise SandboxError("the session's container is gone; delete the session and start a new one")
+        elif create:
+            box = sandbox.create_sandbox(
+                runtime=session.runtime,
+                limits=limits,
+                labels={
+                    sandbox.LABEL_SESSION: str(session.pk),
+                    sandbox.LABEL_TENANT: session.tenant.slug,
+                },
+            )
+            box.tenant = session.tenant.slug
+            session_services.session_attach_container(session_pk=session.pk, container_id=box.container_id)
+        else:
+            raise SandboxError("the session has no sandbox yet")
+        with self.lock:
+            self.sessions[session.pk] = box
+        return box
+
+    def _forget_session(self, session_pk: int, *, destroy: bool) -> None:
+        with self.lock:
+            box = self.sessions.pop(session_pk, None)
+        if box is not None and destroy:
+            box.destroy()
+
+    def session_file_op(self, *, session_pk: int, op_id: str, op: dict[str, Any]) -> None:
+        """Run one file operation in a session's sandbox and push the answer to the web."""
+        close_old_connections()
+        status, body = 500, {"error": "internal error", "code": "internal_error"}
+        try:
+            session = Session.objects.select_related("tenant").get(pk=session_pk)
+            box = self._session_sandbox(session, create=False)
+            reply = box.request(op, timeout=60.0)
+            if reply.get("ok"):
+                status, body = 200, {k: v for k, v in reply.items() if k != "ok"}
+            else:
+                code = str(reply.get("code", "error"))
+                status = FILE_ERROR_STATUS.get(code, 500)
+                body = {"error": str(reply.get("error", "file operation failed")), "code": code}
+        except SandboxError as exc:
+            status, body = 409, {"error": f"The session's sandbox is unavailable: {exc}", "code": "session_dead"}
+        except Exception:
+            logger.exception("file operation on session %s failed", session_pk)
+        finally:
+            session_services.session_release(session_pk=session_pk, owner=op_id)
+            session_services.file_reply_push(op_id=op_id, status=status, body=body)
+
+    def drop_session(self, *, session_pk: int, container_id: str) -> None:
+        """Remove a stopped session's container (DELETE, prune, admin terminate)."""
+        self._forget_session(session_pk, destroy=False)
+        sandbox.remove_container(container_id)
 
 
 def _publisher(execution: Execution) -> Callable[[str, str, str | None], None]:

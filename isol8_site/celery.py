@@ -30,6 +30,9 @@ def _schedule(sender: Celery, **kwargs: Any) -> None:
 
     sender.conf.task_default_queue = settings.ISOL8_RUN_QUEUE
     sender.add_periodic_task(settings.ISOL8_REAPER_SECONDS, sender.signature("isol8.reap"), name="reap")
+    sender.add_periodic_task(
+        settings.ISOL8_PRUNE_SECONDS, sender.signature("isol8.prune_sessions"), name="prune sessions"
+    )
 
 
 @worker_ready.connect

@@ -235,6 +235,8 @@ ISOL8_RESULT_GRACE = env_float("ISOL8_RESULT_GRACE", 15.0)
 ISOL8_HEARTBEAT_SECONDS = env_float("ISOL8_HEARTBEAT_SECONDS", 5.0)
 # How often the reaper fails runs of dead workers and removes orphaned containers.
 ISOL8_REAPER_SECONDS = env_float("ISOL8_REAPER_SECONDS", 10.0)
+# How often idle sessions are looked for (pruned past cleanup.maxContainerAgeMs).
+ISOL8_PRUNE_SECONDS = env_float("ISOL8_PRUNE_SECONDS", 60.0)
 # Events of an execution are kept this long after it ends, for resuming streams.
 ISOL8_EVENT_RETENTION = env_int("EVENT_RETENTION", 3600)
 # SSE keep-alive comment interval (api.md: a silent program keeps its stream).

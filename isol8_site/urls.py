@@ -5,6 +5,7 @@ from django.urls import path
 
 from executions import apis as executions
 from isol8_site.health import HealthApi
+from sessions_app import apis as sessions
 
 handler400 = "isol8_site.errors.json_400"
 handler404 = "isol8_site.errors.json_404"
@@ -18,5 +19,8 @@ urlpatterns = [
     path("executions/<str:execution_id>", executions.ExecutionDetailApi.as_view()),
     path("executions/<str:execution_id>/events", executions.ExecutionEventsApi.as_view()),
     path("executions/<str:execution_id>/cancel", executions.ExecutionCancelApi.as_view()),
+    path("sessions", sessions.SessionListApi.as_view()),
+    path("session/<str:session_id>", sessions.SessionDeleteApi.as_view()),
+    path("file", sessions.FileApi.as_view()),
     path("admin/", admin.site.urls),
 ]

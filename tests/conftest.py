@@ -88,6 +88,11 @@ class Stack:
 
 @pytest.fixture(scope="session", params=MODES)
 def stack(request: pytest.FixtureRequest, django_db_setup: Any, django_db_blocker: Any) -> Iterator[Stack]:
+    from executions import sandbox
+
+    missing = sandbox.missing_images(settings.ISOL8_RUNTIMES)
+    if missing:
+        pytest.fail(f"sandbox images missing: {missing}; run `python manage.py build_images`")
     mode = request.param
     db_name = settings.DATABASES["default"]["NAME"]
     port = free_port()
@@ -119,8 +124,6 @@ def stack(request: pytest.FixtureRequest, django_db_setup: Any, django_db_blocke
     finally:
         for name in list(stack.procs):
             stack.stop(name)
-    from executions import sandbox
-
     leftovers = sandbox.list_managed(host=env["ISOL8_WORKER_HOST"])
     for container in leftovers:
         sandbox.remove_container(container.id)

@@ -850,7 +850,7 @@ OPS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "get_file": op_get_file,
     "put_file": op_put_file,
     "kill": op_kill,
-    "ping": lambda _: {"pong": True},
+    "ping": lambda req: {"pong": req.get("nonce")},
 }
 
 

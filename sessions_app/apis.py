@@ -1,0 +1,111 @@
+"""HTTP API of sessions: list, delete, and file transfer (isol8's routes)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+
+from django.conf import settings
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from executions.validation import SESSION_ID, StrictSerializer, Text, check_sandbox_path
+from isol8_site.errors import ApiError, validation_error
+from sessions_app import selectors, services
+from sessions_app.models import Session
+from tenants.authentication import Principal
+
+
+def _iso(value: object) -> str | None:
+    return value.isoformat().replace("+00:00", "Z") if value else None  # type: ignore[attr-defined]
+
+
+def session_json(session: Session) -> dict[str, object]:
+    return {
+        "id": session.session_id,
+        "isActive": session.busy_execution is not None,
+        "lastAccessedAt": _iso(session.last_used_at),
+        "runtime": session.runtime,
+        "createdAt": _iso(session.created_at),
+        "state": session.state,
+    }
+
+
+class SessionListApi(APIView):
+    """GET /sessions: this tenant's sessions only."""
+
+    def get(self, request: Request) -> Response:
+        principal: Principal = request.user  # type: ignore[assignment]
+        sessions = selectors.session_list(tenant=principal.tenant)
+        return Response({"sessions": [session_json(s) for s in sessions]})
+
+
+class SessionDeleteApi(APIView):
+    """DELETE /session/{id}: stop the caller's session; ok also for unknown ids."""
+
+    def delete(self, request: Request, session_id: str) -> Response:
+        principal: Principal = request.user  # type: ignore[assignment]
+        session = selectors.session_get(tenant=principal.tenant, session_id=session_id)
+        if session is not None:
+            services.session_stop(session=session, reason="deleted by the client")
+        return Response({"ok": True})
+
+
+def _session_id(value: object) -> str:
+    if not isinstance(value, str) or not SESSION_ID.match(value):
+        raise validation_error("sessionId: must be 1-128 characters of A-Z a-z 0-9 . _ -")
+    return value
+
+
+def _reply(reply: services.FileReply) -> Response:
+    headers = {"Retry-After": "5"} if reply.status == 503 else None
+    return Response(reply.body, status=reply.status, headers=headers)
+
+
+class FileApi(APIView):
+    """POST /file (upload, base64) and GET /file (download) in a session's /sandbox."""
+
+    class UploadSerializer(StrictSerializer):
+        sessionId = Text()
+        path = Text()
+        content = Text(allow_blank=True)
+
+    def post(self, request: Request) -> Response:
+        principal: Principal = request.user  # type: ignore[assignment]
+        if not isinstance(request.data, dict):
+            raise validation_error("The body must be a JSON object")
+        form = self.UploadSerializer(data=request.data)
+        form.is_valid(raise_exception=True)
+        data = form.validated_data
+        session_id = _session_id(data["sessionId"])
+        path = check_sandbox_path(data["path"], allow_tmp=False)
+        try:
+            content = base64.b64decode(data["content"], validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise validation_error("content: not valid base64") from exc
+        if len(content) > settings.ISOL8_FILE_MAX_BYTES:
+            raise ApiError(
+                413, "payload_too_large", f"File is larger than {settings.ISOL8_FILE_MAX_BYTES} bytes"
+            )
+        session, op_id = services.session_claim_for_files(tenant=principal.tenant, session_id=session_id)
+        op = {"op": "put_file", "path": path, "content": data["content"]}
+        reply = services.file_request(session=session, op_id=op_id, op=op)
+        if reply.status == 200:
+            return Response({"ok": True})
+        return _reply(reply)
+
+    def get(self, request: Request) -> Response:
+        principal: Principal = request.user  # type: ignore[assignment]
+        session_id = request.query_params.get("sessionId")
+        raw_path = request.query_params.get("path")
+        if not session_id or not raw_path:
+            raise validation_error("Missing sessionId or path")
+        session_id = _session_id(session_id)
+        path = check_sandbox_path(raw_path, allow_tmp=False)
+        session, op_id = services.session_claim_for_files(tenant=principal.tenant, session_id=session_id)
+        op = {"op": "get_file", "path": path, "maxBytes": settings.ISOL8_FILE_MAX_BYTES}
+        reply = services.file_request(session=session, op_id=op_id, op=op)
+        if reply.status == 200:
+            return Response({"content": reply.body["content"]})
+        return _reply(reply)

@@ -1,0 +1,208 @@
+"""Writes for sessions: claim one for an execution or a file operation, stop, prune.
+
+A session is claimed by setting ``busy_execution`` with a conditional update:
+of two requests racing for an idle session, exactly one gets it and the other
+is told 409 session_busy. The claim is released when the operation ends
+however it ends (the worker, the reaper, or the web view on an early error).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from executions.quotas import quota_exceeded
+from executions.spec import Limits
+from isol8_site.errors import ApiError, not_found, validation_error
+from isol8_site.redis import get_redis
+from sessions_app.models import Session, SessionState
+from sessions_app.selectors import live_session_count, session_get
+from tenants.models import Tenant
+
+logger = logging.getLogger(__name__)
+
+FILE_REPLY_KEY = "isol8:file:"
+LIVE = (SessionState.STARTING, SessionState.ACTIVE)
+
+
+def session_busy() -> ApiError:
+    return ApiError(409, "session_busy", "This session is running another execution; try again when it ends")
+
+
+def session_claim_for_execution(
+    *, tenant: Tenant, session_id: str, runtime: str, limits: Limits, execution_id: uuid.UUID
+) -> Session:
+    """The caller's session (created on first use), marked busy with ``execution_id``."""
+    session = session_get(tenant=tenant, session_id=session_id)
+    if session is None:
+        session = _session_create(tenant=tenant, session_id=session_id, runtime=runtime, limits=limits)
+    if session.state == SessionState.DEAD:
+        raise ApiError(
+            409,
+            "session_dead",
+            f"Session {session_id!r} is no longer usable ({session.state_reason or 'its sandbox is gone'}); "
+            "delete it (DELETE /session/{id}) and start a new one",
+        )
+    if session.runtime != runtime:
+        raise validation_error(
+            f'Cannot switch runtime from "{session.runtime}" to "{runtime}". '
+            "Each persistent session supports a single runtime.",
+            code="validation_error",
+        )
+    _claim(session, execution_id)
+    return session
+
+
+def session_claim_for_files(*, tenant: Tenant, session_id: str) -> tuple[Session, uuid.UUID]:
+    """Claim an existing session with a ready container for one file operation."""
+    session = session_get(tenant=tenant, session_id=session_id)
+    if session is None:
+        raise not_found("Session not found")
+    if session.state == SessionState.DEAD:
+        raise ApiError(409, "session_dead", f"Session {session_id!r} is no longer usable: {session.state_reason}")
+    if not session.container_id:
+        raise ApiError(
+            409, "session_not_started", "This session has no sandbox yet: run an execution in it first"
+        )
+    op_id = uuid.uuid4()
+    _claim(session, op_id)
+    return session, op_id
+
+
+def _claim(session: Session, owner: uuid.UUID) -> None:
+    claimed = Session.objects.filter(
+        pk=session.pk, busy_execution__isnull=True, state__in=LIVE
+    ).update(busy_execution=owner, last_used_at=timezone.now())
+    if not claimed:
+        session.refresh_from_db()
+        if session.state == SessionState.STOPPED:
+            raise not_found("Session not found")
+        raise session_busy()
+    session.busy_execution = owner
+
+
+def _session_create(*, tenant: Tenant, session_id: str, runtime: str, limits: Limits) -> Session:
+    if live_session_count(tenant=tenant) >= tenant.max_sessions:
+        raise quota_exceeded(
+            f"Quota exceeded: at most {tenant.max_sessions} live sessions; delete one first", 30
+        )
+    try:
+        with transaction.atomic():
+            return Session.objects.create(
+                tenant=tenant, session_id=session_id, runtime=runtime, limits=limits.to_json()
+            )
+    except IntegrityError:
+        # Another request created it a moment ago: use that one.
+        existing = session_get(tenant=tenant, session_id=session_id)
+        if existing is None:
+            raise
+        return existing
+
+
+def session_release(*, session_pk: int, owner: uuid.UUID | str) -> None:
+    Session.objects.filter(pk=session_pk, busy_execution=owner).update(
+        busy_execution=None, last_used_at=timezone.now()
+    )
+
+
+def session_attach_container(*, session_pk: int, container_id: str) -> None:
+    Session.objects.filter(pk=session_pk).update(
+        container_id=container_id,
+        worker_host=settings.ISOL8_WORKER_HOST,
+        state=SessionState.ACTIVE,
+        state_reason="",
+    )
+
+
+def session_mark_dead(*, session_pk: int, reason: str) -> None:
+    Session.objects.filter(pk=session_pk, state__in=LIVE).update(
+        state=SessionState.DEAD, state_reason=reason[:500]
+    )
+
+
+def session_stop(*, session: Session, reason: str = "deleted") -> None:
+    """Stop a session now; its worker removes the container (DELETE, prune, admin)."""
+    from sessions_app.tasks import stop_session_container
+
+    updated = Session.objects.filter(pk=session.pk).exclude(state=SessionState.STOPPED).update(
+        state=SessionState.STOPPED, state_reason=reason
+    )
+    if not updated:
+        return
+    if session.busy_execution:
+        # A run in progress is cancelled first, so its client gets an answer.
+        from executions.services import CANCEL_CHANNEL
+
+        get_redis().publish(CANCEL_CHANNEL, str(session.busy_execution))
+    if session.container_id and session.worker_host:
+        stop_session_container.apply_async(
+            args=[session.pk, session.container_id], queue=host_queue(session.worker_host)
+        )
+
+
+def host_queue(host: str) -> str:
+    from isol8_site.celery import host_queue as queue_name
+
+    return queue_name(host)
+
+
+def sessions_prune(*, now: Any = None) -> int:
+    """Stop idle sessions past cleanup.maxContainerAgeMs; never a busy one."""
+    config = settings.ISOL8_CONFIG.cleanup
+    if not config.auto_prune:
+        return 0
+    now = now or timezone.now()
+    cutoff = now - timedelta(milliseconds=config.max_container_age_ms)
+    pruned = 0
+    idle = Session.objects.filter(state__in=LIVE, busy_execution__isnull=True, last_used_at__lt=cutoff)
+    for session in idle:
+        # Re-check idleness in the update itself: a run may have claimed it since.
+        stopped = Session.objects.filter(
+            pk=session.pk, busy_execution__isnull=True, last_used_at__lt=cutoff, state__in=LIVE
+        ).update(state=SessionState.STOPPED, state_reason="pruned: idle")
+        if stopped and session.container_id and session.worker_host:
+            from sessions_app.tasks import stop_session_container
+
+            stop_session_container.apply_async(
+                args=[session.pk, session.container_id], queue=host_queue(session.worker_host)
+            )
+        pruned += stopped
+    return pruned
+
+
+# ------------------------------------------------------------- file transfer
+
+
+@dataclass(frozen=True)
+class FileReply:
+    status: int
+    body: dict[str, Any]
+
+
+def file_request(*, session: Session, op_id: uuid.UUID, op: dict[str, Any]) -> FileReply:
+    """Run a file operation on the session's worker and wait for its answer."""
+    from sessions_app.tasks import session_file_op
+
+    session_file_op.apply_async(args=[session.pk, str(op_id), op], queue=host_queue(session.worker_host))
+    popped = get_redis().blpop([FILE_REPLY_KEY + str(op_id)], timeout=settings.ISOL8_QUEUE_TIMEOUT + 30)
+    if popped is None:
+        session_release(session_pk=session.pk, owner=op_id)
+        return FileReply(503, {"error": "The session's worker did not answer; try again later", "code": "unavailable"})
+    data = json.loads(popped[1])
+    return FileReply(int(data["status"]), data["body"])
+
+
+def file_reply_push(*, op_id: str, status: int, body: dict[str, Any]) -> None:
+    key = FILE_REPLY_KEY + op_id
+    pipe = get_redis().pipeline(transaction=False)
+    pipe.rpush(key, json.dumps({"status": status, "body": body}))
+    pipe.expire(key, 120)
+    pipe.execute()
