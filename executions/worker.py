@@ -102,10 +102,13 @@ class Worker:
             handle.cancel()
 
     def stop(self) -> None:
+        """Shut down: runs cancelled, pool emptied. Session containers stay, so a
+        restarted worker picks its sessions up again (``serve`` removes them when
+        the whole service stops)."""
         self.cancel_all()
         self.pool.close()
         get_redis().hdel(HEARTBEAT_KEY, self.host)
-        remove_orphans(keep=set())
+        remove_orphans(keep=self.session_container_ids())
 
     def heartbeat(self) -> None:
         self.docker_ok = sandbox.docker_ping()

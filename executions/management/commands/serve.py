@@ -24,6 +24,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from executions import sandbox
 from isol8_site.celery import host_queue
 from isol8_site.config import ConfigError, load_config
+from sessions_app.models import Session, SessionState
 from tenants.services import tenant_ensure_default
 
 STOP_GRACE_SECONDS = 20
@@ -153,7 +154,11 @@ class Command(BaseCommand):
                 self.stderr.write(f"{name} did not stop in time; killing it")
                 child.kill()
                 child.wait()
-        # Whatever the worker could not remove (it was killed) goes now.
+        # The whole service stops: sessions of this host end with it, and
+        # whatever the worker could not remove (it was killed) goes now.
+        Session.objects.filter(worker_host=settings.ISOL8_WORKER_HOST).exclude(
+            state=SessionState.STOPPED
+        ).update(state=SessionState.STOPPED, state_reason="the server stopped")
         try:
             for container in sandbox.list_managed(host=settings.ISOL8_WORKER_HOST):
                 sandbox.remove_container(container.id)
