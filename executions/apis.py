@@ -19,7 +19,7 @@ from executions.validation import ExecuteSerializer, build_spec, resolve_limits
 from isol8_site.celery import host_queue
 from isol8_site.errors import not_found, validation_error
 from sessions_app.services import session_claim_for_execution, session_release
-from tenants.authentication import Principal
+from tenants.authentication import principal_of
 
 PAGE_SIZE = 50
 
@@ -38,7 +38,7 @@ class ExecuteBase(APIView):
     streamed = False
 
     def start(self, request: Request) -> Execution:
-        principal: Principal = request.user  # type: ignore[assignment]
+        principal = principal_of(request)
         if not isinstance(request.data, dict):
             raise validation_error("The body must be a JSON object")
         serializer = ExecuteSerializer(data=request.data)
@@ -99,7 +99,7 @@ class ExecuteStreamApi(ExecuteBase):
 class ExecutionListApi(APIView):
     """GET /executions: this tenant's history, newest first, with filters."""
 
-    class FilterSerializer(serializers.Serializer):  # type: ignore[type-arg]
+    class FilterSerializer(serializers.Serializer):
         status = serializers.ChoiceField(choices=Status.choices, required=False)
         runtime = serializers.CharField(required=False)
         sessionId = serializers.CharField(required=False)
@@ -108,7 +108,7 @@ class ExecutionListApi(APIView):
         before = serializers.CharField(required=False)  # cursor: the last id of the previous page
 
     def get(self, request: Request) -> Response:
-        principal: Principal = request.user  # type: ignore[assignment]
+        principal = principal_of(request)
         filters = self.FilterSerializer(data=request.query_params)
         filters.is_valid(raise_exception=True)
         f = filters.validated_data
@@ -150,7 +150,7 @@ class ExecutionDetailApi(APIView):
     """GET /executions/{id}: one of this tenant's executions."""
 
     def get(self, request: Request, execution_id: str) -> Response:
-        principal: Principal = request.user  # type: ignore[assignment]
+        principal = principal_of(request)
         execution = selectors.execution_get(tenant=principal.tenant, execution_id=execution_id)
         if execution is None:
             raise not_found("Execution not found")
@@ -161,7 +161,7 @@ class ExecutionEventsApi(APIView):
     """GET /executions/{id}/events: the event stream, resumable with Last-Event-ID."""
 
     def get(self, request: Request, execution_id: str) -> StreamingHttpResponse:
-        principal: Principal = request.user  # type: ignore[assignment]
+        principal = principal_of(request)
         execution = selectors.execution_get(tenant=principal.tenant, execution_id=execution_id)
         if execution is None:
             raise not_found("Execution not found")
@@ -178,7 +178,7 @@ class ExecutionCancelApi(APIView):
     """POST /executions/{id}/cancel: kill a queued or running execution."""
 
     def post(self, request: Request, execution_id: str) -> Response:
-        principal: Principal = request.user  # type: ignore[assignment]
+        principal = principal_of(request)
         execution = selectors.execution_get(tenant=principal.tenant, execution_id=execution_id)
         if execution is None:
             raise not_found("Execution not found")

@@ -82,7 +82,7 @@ class RedisEventStorage(StorageBase):
         return int(_redis().llen(_key(channel)))
 
 
-def _decode(channel: str, event_id: int, raw: bytes) -> Event:
+def _decode(channel: str, event_id: int, raw: bytes | str) -> Event:
     record = json.loads(raw)
     return Event(channel, record["type"], record["data"], id=event_id)
 
@@ -121,7 +121,7 @@ def event_count(execution_id: object) -> int:
 
 def has_exit(execution_id: object) -> bool:
     last = _redis().lindex(_key(channel_for(execution_id)), -1)
-    return bool(last) and json.loads(last).get("type") == EXIT
+    return last is not None and json.loads(last).get("type") == EXIT
 
 
 # ------------------------------------------------------------------- streaming
@@ -205,7 +205,7 @@ async def replay_finished(execution_id: object, *, after: int = 0) -> AsyncItera
 
     from executions.models import FINISHED, Execution
 
-    get = sync_to_async(lambda: Execution.objects.get(pk=execution_id), thread_sensitive=False)
+    get = sync_to_async(lambda: Execution.objects.get(pk=str(execution_id)), thread_sensitive=False)
     yield ": stream-open\n\n"
     waited = 0.0
     while True:

@@ -63,7 +63,7 @@ class SandboxError(Exception):
     """The sandbox failed (not the user's code): Docker, the launcher, the container."""
 
 
-class DockerUnavailable(SandboxError):
+class DockerUnavailableError(SandboxError):
     pass
 
 
@@ -82,7 +82,7 @@ def client() -> docker.DockerClient:
 def docker_ping() -> bool:
     try:
         return bool(client().ping())
-    except Exception:  # noqa: BLE001 - any failure means "not reachable"
+    except Exception:
         return False
 
 
@@ -95,8 +95,13 @@ def seccomp_profile() -> str:
 # ---------------------------------------------------------------------- images
 
 
+@cache
 def image_hash(runtime: str) -> str:
-    """Content hash of what the runtime's image is built from, and the base image."""
+    """Content hash of what the runtime's image is built from, and the base image.
+
+    Computed once per process: a worker keeps using the image that matches the
+    code it started with.
+    """
     images = Path(settings.ISOL8_IMAGES_DIR)
     digest = hashlib.sha256(settings.ISOL8_BASE_IMAGE.encode())
     for path in sorted([images / runtime / "Dockerfile", *sorted((images / "common").iterdir())]):
@@ -461,7 +466,7 @@ def create_sandbox(
     except docker.errors.APIError as exc:
         raise SandboxError(f"creating a container failed: {exc.explanation or exc}") from exc
     except Exception as exc:  # requests' ConnectionError when the engine is down
-        raise DockerUnavailable(f"Docker is not reachable: {exc}") from exc
+        raise DockerUnavailableError(f"Docker is not reachable: {exc}") from exc
     try:
         transport: LauncherTransport | ExecTransport
         if mode == "launcher":

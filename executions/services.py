@@ -104,7 +104,7 @@ def execution_enqueue(*, execution: Execution, queue: str | None = None) -> None
     from executions.tasks import run_execution
 
     queue = queue or settings.ISOL8_RUN_QUEUE
-    transaction.on_commit(lambda: run_execution.apply_async(args=[str(execution.pk)], queue=queue))
+    transaction.on_commit(lambda: run_execution.apply_async(args=(str(execution.pk),), queue=queue))
 
 
 def execution_wait(*, execution: Execution) -> Reply:
@@ -330,15 +330,16 @@ def result_payload(execution: Execution) -> dict[str, Any]:
 
 def history_record(execution: Execution) -> dict[str, Any]:
     """An execution as GET /executions shows it: the result plus request facts."""
-    record = result_payload(execution) if execution.status in FINISHED else {
+    record: dict[str, Any] = result_payload(execution) if execution.status in FINISHED else {
         "executionId": str(execution.pk),
         "runtime": execution.runtime,
         "status": execution.status,
     }
+    session = execution.session
     record.update(
         {
             "code": execution.code or execution.cmd,
-            "sessionId": execution.session.session_id if execution.session_id else None,
+            "sessionId": session.session_id if session is not None else None,
             "createdAt": _iso(execution.created_at),
             "startedAt": _iso(execution.started_at),
             "finishedAt": _iso(execution.finished_at),

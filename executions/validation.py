@@ -27,7 +27,7 @@ MAX_INT = 2**31 - 1
 MIN_MEMORY = 32 * 1024 * 1024
 
 
-class StrictSerializer(serializers.Serializer):  # type: ignore[type-arg]
+class StrictSerializer(serializers.Serializer):
     """A serializer that refuses fields it does not know, naming the first one."""
 
     known_extra: tuple[str, ...] = ()
@@ -116,7 +116,7 @@ class RequestSerializer(StrictSerializer):
             raise serializers.ValidationError("Must look like \".py\" or \".cjs\".")
         return value
 
-    def validate_workdir(self, value: str) -> str:  # noqa: N802
+    def validate_workdir(self, value: str) -> str:
         full = posixpath.normpath(posixpath.join("/sandbox", value))
         if full != "/sandbox" and not full.startswith("/sandbox/"):
             raise ApiError(400, "path_outside_sandbox", "Working directory must be inside /sandbox")

@@ -13,8 +13,8 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
 from datetime import timedelta
+from typing import Any
 
 from django.conf import settings
 from django.db import close_old_connections
@@ -24,7 +24,7 @@ from executions import events, sandbox, services
 from executions.models import Execution, Status
 from executions.pool import SandboxPool
 from executions.runner import Publish, RunHandle, run_in_sandbox
-from executions.sandbox import DockerUnavailable, Sandbox, SandboxError
+from executions.sandbox import DockerUnavailableError, Sandbox, SandboxError
 from executions.spec import ExecutionSpec, Limits, RunResult
 from isol8_site.redis import get_redis
 from sessions_app import services as session_services
@@ -149,7 +149,7 @@ class Worker:
                     # Containers being created right now are not owned yet:
                     # only those older than a minute count as orphans.
                     remove_orphans(keep=self.owned_container_ids(), min_age=60.0)
-            except Exception:  # noqa: BLE001 - a missed beat must not kill the thread
+            except Exception:
                 logger.exception("heartbeat failed")
 
     def _cancel_loop(self) -> None:
@@ -161,11 +161,12 @@ class Worker:
                 while not self.stopping.is_set():
                     message = pubsub.get_message(timeout=1.0)
                     if message and message["type"] == "message":
+                        execution_id = _text(message["data"])
                         with self.lock:
-                            handle = self.handles.get(message["data"].decode())
+                            handle = self.handles.get(execution_id)
                         if handle is not None:
                             handle.cancel()
-            except Exception:  # noqa: BLE001 - reconnect after Redis hiccups
+            except Exception:
                 logger.exception("cancel listener failed; reconnecting")
                 time.sleep(1.0)
 
@@ -194,7 +195,7 @@ class Worker:
                     limits=limits,
                     labels={sandbox.LABEL_EXECUTION: execution_id},
                 )
-            except DockerUnavailable as exc:
+            except DockerUnavailableError as exc:
                 result = RunResult(status="error", error=str(exc), error_code="docker_unavailable")
             except SandboxError as exc:
                 result = RunResult(status="error", error=f"Could not start a sandbox: {exc}")
@@ -244,7 +245,7 @@ class Worker:
         try:
             try:
                 box = self._session_sandbox(session, create=True)
-            except DockerUnavailable as exc:
+            except DockerUnavailableError as exc:
                 result = RunResult(status="error", error=str(exc), error_code="docker_unavailable")
             except SandboxError as exc:
                 result = RunResult(status="error", error=f"Session sandbox unavailable: {exc}")
@@ -353,12 +354,16 @@ def _publisher(execution: Execution) -> Callable[[str, str, str | None], None]:
     return publish
 
 
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
 def remove_orphans(*, keep: set[str], min_age: float = 0.0) -> int:
     """Remove this host's containers that no live run, pool or session owns."""
     removed = 0
     try:
         containers = sandbox.list_managed(host=settings.ISOL8_WORKER_HOST)
-    except Exception as exc:  # noqa: BLE001 - Docker down: nothing to remove now
+    except Exception as exc:
         logger.warning("cannot list containers: %s", exc)
         return 0
     for container in containers:
@@ -377,7 +382,7 @@ def reap_lost_executions() -> int:
     Runs in Celery beat's periodic task; any process may do it because it only
     looks at heartbeats and the database.
     """
-    beats = {k.decode(): json.loads(v) for k, v in get_redis().hgetall(HEARTBEAT_KEY).items()}
+    beats = {_text(k): json.loads(v) for k, v in get_redis().hgetall(HEARTBEAT_KEY).items()}
     alive = {
         host for host, beat in beats.items()
         if time.time() - beat["at"] < 3 * settings.ISOL8_HEARTBEAT_SECONDS

@@ -14,7 +14,7 @@ from executions.validation import SESSION_ID, StrictSerializer, Text, check_sand
 from isol8_site.errors import ApiError, validation_error
 from sessions_app import selectors, services
 from sessions_app.models import Session
-from tenants.authentication import Principal
+from tenants.authentication import principal_of
 
 
 def _iso(value: object) -> str | None:
@@ -36,7 +36,7 @@ class SessionListApi(APIView):
     """GET /sessions: this tenant's sessions only."""
 
     def get(self, request: Request) -> Response:
-        principal: Principal = request.user  # type: ignore[assignment]
+        principal = principal_of(request)
         sessions = selectors.session_list(tenant=principal.tenant)
         return Response({"sessions": [session_json(s) for s in sessions]})
 
@@ -45,7 +45,7 @@ class SessionDeleteApi(APIView):
     """DELETE /session/{id}: stop the caller's session; ok also for unknown ids."""
 
     def delete(self, request: Request, session_id: str) -> Response:
-        principal: Principal = request.user  # type: ignore[assignment]
+        principal = principal_of(request)
         session = selectors.session_get(tenant=principal.tenant, session_id=session_id)
         if session is not None:
             services.session_stop(session=session, reason="deleted by the client")
@@ -72,7 +72,7 @@ class FileApi(APIView):
         content = Text(allow_blank=True)
 
     def post(self, request: Request) -> Response:
-        principal: Principal = request.user  # type: ignore[assignment]
+        principal = principal_of(request)
         if not isinstance(request.data, dict):
             raise validation_error("The body must be a JSON object")
         form = self.UploadSerializer(data=request.data)
@@ -96,7 +96,7 @@ class FileApi(APIView):
         return _reply(reply)
 
     def get(self, request: Request) -> Response:
-        principal: Principal = request.user  # type: ignore[assignment]
+        principal = principal_of(request)
         session_id = request.query_params.get("sessionId")
         raw_path = request.query_params.get("path")
         if not session_id or not raw_path:

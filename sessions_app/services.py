@@ -144,7 +144,7 @@ def session_stop(*, session: Session, reason: str = "deleted") -> None:
         get_redis().publish(CANCEL_CHANNEL, str(session.busy_execution))
     if session.container_id and session.worker_host:
         stop_session_container.apply_async(
-            args=[session.pk, session.container_id], queue=host_queue(session.worker_host)
+            args=(session.pk, session.container_id,), queue=host_queue(session.worker_host)
         )
 
 
@@ -172,7 +172,7 @@ def sessions_prune(*, now: Any = None) -> int:
             from sessions_app.tasks import stop_session_container
 
             stop_session_container.apply_async(
-                args=[session.pk, session.container_id], queue=host_queue(session.worker_host)
+                args=(session.pk, session.container_id,), queue=host_queue(session.worker_host)
             )
         pruned += stopped
     return pruned
@@ -191,7 +191,7 @@ def file_request(*, session: Session, op_id: uuid.UUID, op: dict[str, Any]) -> F
     """Run a file operation on the session's worker and wait for its answer."""
     from sessions_app.tasks import session_file_op
 
-    session_file_op.apply_async(args=[session.pk, str(op_id), op], queue=host_queue(session.worker_host))
+    session_file_op.apply_async(args=(session.pk, str(op_id), op,), queue=host_queue(session.worker_host))
     popped = get_redis().blpop([FILE_REPLY_KEY + str(op_id)], timeout=settings.ISOL8_QUEUE_TIMEOUT + 30)
     if popped is None:
         session_release(session_pk=session.pk, owner=op_id)

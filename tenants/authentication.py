@@ -65,6 +65,14 @@ def authenticate_key(key: str) -> Principal:
     return Principal(tenant=api_key.tenant, api_key=api_key, is_master=False)
 
 
+def principal_of(request: Request) -> Principal:
+    """The authenticated caller of a view (the permission class guarantees one)."""
+    user = request.user
+    if not isinstance(user, Principal):
+        raise unauthorized("Missing Authorization header")
+    return user
+
+
 class ApiKeyAuthentication(BaseAuthentication):
     def authenticate(self, request: Request) -> tuple[Principal, Any]:
         header = request.META.get("HTTP_AUTHORIZATION", "")

@@ -546,18 +546,21 @@ def spawn(
             os.execvpe(argv[0], argv, env)
         except BaseException as exc:  # noqa: BLE001 - reported through the status pipe
             if isinstance(exc, OpError):
-                failure = [exc.code, exc.message]
+                reason = [exc.code, exc.message[:2000]]
             elif isinstance(exc, OSError):
-                failure = ["spawn_failed", f"{argv[0]}: {exc.strerror}"]
+                reason = ["spawn_failed", f"{argv[0]}: {exc.strerror}"]
             else:
-                failure = ["spawn_failed", f"{argv[0]}: {exc}"]
+                reason = ["spawn_failed", f"{argv[0]}: {exc}"[:2000]]
             try:
-                os.write(status_w, json.dumps(failure).encode()[:8000])
+                # Small enough for one atomic pipe write (PIPE_BUF is 4096).
+                os.write(status_w, json.dumps(reason).encode()[:4000])
             finally:
                 os._exit(127)
     for fd in (in_r, out_w, err_w, status_w):
         os.close(fd)
-    failure = os.read(status_r, 4096)
+    failure = b""
+    while chunk := os.read(status_r, 4096):  # EOF when exec succeeded (close-on-exec)
+        failure += chunk
     os.close(status_r)
     if failure:
         os.waitpid(pid, 0)
@@ -635,9 +638,9 @@ def run_program(
                     os.close(in_w)
                     in_w = -1
             else:
-                data = os.read(key.fd, READ_CHUNK)
-                if data:
-                    pump.feed(tag, data)
+                chunk = os.read(key.fd, READ_CHUNK)
+                if chunk:
+                    pump.feed(tag, chunk)
                 else:
                     sel.unregister(key.fd)
                     open_pipes.discard(key.fd)
@@ -657,6 +660,7 @@ def run_program(
         os.set_blocking(fd, False)
     while open_pipes:
         for fd in list(open_pipes):
+            data: bytes | None
             try:
                 data = os.read(fd, READ_CHUNK)
             except BlockingIOError:

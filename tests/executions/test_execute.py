@@ -15,7 +15,8 @@ pytestmark = pytest.mark.stack
 
 
 def test_exit_code_and_stderr_are_reported(api):
-    body = run(api, {"runtime": "python", "code": "import sys\nprint('out')\nprint('err', file=sys.stderr)\nsys.exit(3)"}).json()
+    code = "import sys\nprint('out')\nprint('err', file=sys.stderr)\nsys.exit(3)"
+    body = run(api, {"runtime": "python", "code": code}).json()
     assert body["exitCode"] == 3
     assert body["stdout"] == "out"
     assert body["stderr"] == "err"

@@ -131,7 +131,7 @@ class Command(BaseCommand):
             from isol8_site.redis import get_redis
 
             get_redis().ping()
-        except Exception as exc:  # noqa: BLE001 - reported as a prerequisite
+        except Exception as exc:
             problems.append(f"Redis is not reachable at {settings.REDIS_URL}: {exc}")
         if not problems:
             missing = sandbox.missing_images(settings.ISOL8_RUNTIMES)
@@ -162,6 +162,6 @@ class Command(BaseCommand):
         try:
             for container in sandbox.list_managed(host=settings.ISOL8_WORKER_HOST):
                 sandbox.remove_container(container.id)
-        except Exception as exc:  # noqa: BLE001 - Docker gone: nothing more to do
+        except Exception as exc:
             self.stderr.write(f"could not clean up containers: {exc}")
         self.stdout.write("isol8 stopped")
