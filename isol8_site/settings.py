@@ -215,7 +215,6 @@ ISOL8_WORKER_CONCURRENCY = env_int("ISOL8_WORKER_CONCURRENCY", max(4, ISOL8_CONF
 
 # Limits (api.md "Defaults"): request defaults come from the config file.
 ISOL8_DEFAULTS = ISOL8_CONFIG.defaults
-ISOL8_MAX_PIDS = env_int("ISOL8_MAX_PIDS", 1024)
 ISOL8_NOFILE = env_int("ISOL8_NOFILE", 1024)
 ISOL8_FSIZE = env_int("ISOL8_FSIZE", 128 * 1024 * 1024)
 ISOL8_SHM_SIZE = env_int("ISOL8_SHM_SIZE", 16 * 1024 * 1024)
