@@ -353,17 +353,17 @@ def cmd_sessions_list(args: argparse.Namespace, transport: httpx.BaseTransport |
     elif not sessions:
         print("No sessions.")
     else:
-        print(f"{'ID':<40} {'ACTIVE':<7} {'RUNTIME':<8} LAST ACCESSED")
+        print(f"{'ID':<40} {'ACTIVE':<7} {'RUNTIME':<8} {'STATE':<10} LAST ACCESSED")
         for s in sessions:
             print(f"{s.id:<40} {'yes' if s.is_active else 'no':<7} {s.runtime or '-':<8} "
-                  f"{s.last_accessed_at or '-'}")
+                  f"{s.state or '-':<10} {s.last_accessed_at or '-'}")
     return 0
 
 
 def _session_json(session: SessionInfo) -> dict[str, object]:
     return {
         "id": session.id, "isActive": session.is_active, "lastAccessedAt": session.last_accessed_at,
-        "runtime": session.runtime, "createdAt": session.created_at,
+        "runtime": session.runtime, "createdAt": session.created_at, "state": session.state,
     }
 
 

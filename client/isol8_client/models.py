@@ -100,6 +100,7 @@ class SessionInfo:
     # Sent by this server, not by the original isol8 one.
     runtime: str | None = None
     created_at: str | None = None
+    state: str | None = None
 
     @classmethod
     def from_json(cls, body: Mapping[str, Any]) -> SessionInfo:
@@ -110,6 +111,7 @@ class SessionInfo:
             last_accessed_at=_optional_str(body.get("lastAccessedAt")),
             runtime=_optional_str(body.get("runtime")),
             created_at=_optional_str(body.get("createdAt")),
+            state=_optional_str(body.get("state")),
         )
 
 

@@ -1,11 +1,8 @@
-"""The installed `isol8` command against the real stack, as a user would run it.
-
-Sessions and file transfer are not implemented by the server yet; their
-tests are xfail until it does.
-"""
+"""The installed `isol8` command against the real stack, as a user would run it."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -20,8 +17,6 @@ from tests.client.conftest import ISOL8, ROOT, cli_env, isol8
 from tests.conftest import Stack, free_port, make_key
 
 pytestmark = pytest.mark.stack
-
-sessions_pending = pytest.mark.xfail(reason="sessions not implemented in the server yet", strict=False)
 
 
 @pytest.fixture
@@ -151,7 +146,6 @@ def test_other_server_errors_show_the_servers_message(env: dict[str, str]) -> No
 # -- sessions and files -------------------------------------------------------------------
 
 
-@sessions_pending
 def test_session_id_keeps_state_across_two_runs_and_the_session(env: dict[str, str]) -> None:
     name = f"cli-test-{time.monotonic_ns()}"
     first = isol8("run", "-e", "open('/sandbox/n.txt', 'w').write('41')", "--session-id", name, env=env)
@@ -165,7 +159,6 @@ def test_session_id_keeps_state_across_two_runs_and_the_session(env: dict[str, s
     assert name not in isol8("sessions", "list", env=env).stdout
 
 
-@sessions_pending
 def test_persistent_run_deletes_its_session_at_exit(env: dict[str, str]) -> None:
     run = isol8("run", "-e", "print(1)", "--persistent", env=env)
     assert (run.returncode, run.stdout, run.stderr) == (0, "1\n", "")
@@ -173,7 +166,6 @@ def test_persistent_run_deletes_its_session_at_exit(env: dict[str, str]) -> None
     assert listing.returncode == 0 and "cli-" not in listing.stdout
 
 
-@sessions_pending
 def test_file_put_and_get_round_trip_binary_data(env: dict[str, str], tmp_path: Path) -> None:
     name = f"cli-files-{time.monotonic_ns()}"
     payload = bytes(range(256)) * 16
@@ -189,11 +181,27 @@ def test_file_put_and_get_round_trip_binary_data(env: dict[str, str], tmp_path: 
     isol8("sessions", "stop", name, env=env)
 
 
-def test_sessions_list_answers_with_a_clear_line_until_the_server_has_sessions(env: dict[str, str]) -> None:
-    run = isol8("sessions", "list", env=env)
-    if run.returncode == 0:
-        return  # the server has sessions now: the xfail tests above cover the command
-    assert run.returncode == 1 and run.stderr.startswith("[ERR] ") and run.stderr.count("\n") == 1
+def test_sessions_list_json_describes_the_session(env: dict[str, str]) -> None:
+    name = f"cli-json-{time.monotonic_ns()}"
+    assert isol8("run", "-e", "print(1)", "--session-id", name, env=env).returncode == 0
+    listing = isol8("sessions", "list", "--json", env=env)
+    assert listing.returncode == 0, listing.stderr
+    [entry] = [s for s in json.loads(listing.stdout) if s["id"] == name]
+    assert entry["runtime"] == "python" and entry["isActive"] is False
+    assert isol8("sessions", "stop", name, env=env).stdout == f"Session {name} stopped.\n"
+
+
+def test_file_errors_are_one_line_with_the_servers_message(env: dict[str, str], tmp_path: Path) -> None:
+    name = f"cli-file-errors-{time.monotonic_ns()}"
+    assert isol8("run", "-e", "print(1)", "--session-id", name, env=env).returncode == 0
+    missing = isol8("file", "get", "/sandbox/nope.txt", str(tmp_path / "x"), "--session-id", name, env=env)
+    (tmp_path / "f.txt").write_text("x")
+    outside = isol8("file", "put", str(tmp_path / "f.txt"), "/etc/passwd", "--session-id", name, env=env)
+    isol8("sessions", "stop", name, env=env)
+    assert missing.returncode == 1 and "(404 not_found)" in missing.stderr
+    assert outside.returncode == 1 and "(400 path_outside_sandbox)" in outside.stderr
+    for run in (missing, outside):
+        assert run.stderr.startswith("[ERR] ") and run.stderr.count("\n") == 1
 
 
 # -- serve -------------------------------------------------------------------------------

@@ -192,11 +192,12 @@ def test_server_errors_are_one_clear_line_and_exit_1(
 
 def test_sessions_list_prints_a_table_or_json(server: MockServer, capsys: pytest.CaptureFixture[str]) -> None:
     server.route("GET", "/sessions", httpx.Response(200, json={"sessions": [
-        {"id": "s1", "isActive": True, "lastAccessedAt": "2025-01-01T00:00:00Z", "runtime": "python"}]}))
+        {"id": "s1", "isActive": True, "lastAccessedAt": "2025-01-01T00:00:00Z", "runtime": "python",
+         "state": "ready"}]}))
     assert isol8(server, "sessions", "list") == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].split() == ["ID", "ACTIVE", "RUNTIME", "LAST", "ACCESSED"]
-    assert lines[1].split() == ["s1", "yes", "python", "2025-01-01T00:00:00Z"]
+    assert lines[0].split() == ["ID", "ACTIVE", "RUNTIME", "STATE", "LAST", "ACCESSED"]
+    assert lines[1].split() == ["s1", "yes", "python", "ready", "2025-01-01T00:00:00Z"]
     assert isol8(server, "sessions", "list", "--json") == 0
     assert '"id": "s1"' in capsys.readouterr().out
 

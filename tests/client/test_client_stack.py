@@ -1,9 +1,4 @@
-"""The client library against the real stack: uvicorn, Redis, a Celery worker, Docker.
-
-Sessions and file transfer are not implemented by the server yet (it answers
-403 to a sessionId, and /file and /sessions do not exist); their tests are
-xfail until it does, so they start passing by themselves.
-"""
+"""The client library against the real stack: uvicorn, Redis, a Celery worker, Docker."""
 
 from __future__ import annotations
 
@@ -26,8 +21,6 @@ from isol8_client import (
 from tests.conftest import Stack, free_port, make_key
 
 pytestmark = pytest.mark.stack
-
-sessions_pending = pytest.mark.xfail(reason="sessions not implemented in the server yet", strict=False)
 
 LIVE_CODE = "import time\nprint('first', flush=True)\ntime.sleep(2)\nprint('second', flush=True)\n"
 
@@ -136,7 +129,6 @@ def test_unreachable_server_raises_a_connection_error() -> None:
         RemoteIsol8(f"http://127.0.0.1:{free_port()}", "k").start()
 
 
-@sessions_pending
 def test_session_keeps_state_across_executions_and_files_round_trip(stack: Stack, api_key: str) -> None:
     payload = bytes(range(256)) * 4
     with RemoteIsol8(stack.url, api_key, session_name()) as isol8:
@@ -150,7 +142,6 @@ def test_session_keeps_state_across_executions_and_files_round_trip(stack: Stack
         assert isol8.get_file("/sandbox/note.txt") == b"text"
 
 
-@sessions_pending
 def test_list_sessions_and_delete_session(stack: Stack, api_key: str) -> None:
     name = session_name()
     isol8 = RemoteIsol8(stack.url, api_key, name)
@@ -161,7 +152,6 @@ def test_list_sessions_and_delete_session(stack: Stack, api_key: str) -> None:
     isol8.close()
 
 
-@sessions_pending
 def test_stop_deletes_the_clients_own_session(stack: Stack, api_key: str) -> None:
     name = session_name()
     isol8 = RemoteIsol8(stack.url, api_key, name)
@@ -204,7 +194,6 @@ def test_async_client_errors(stack: Stack, api_key: str) -> None:
     asyncio.run(scenario())
 
 
-@sessions_pending
 def test_async_session_state_files_and_session_listing(stack: Stack, api_key: str) -> None:
     name = session_name()
     payload = b"\x00\x01\xfe\xff" * 100

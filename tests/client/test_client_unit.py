@@ -267,14 +267,15 @@ def test_missing_file_is_not_found(server: MockServer) -> None:
 
 def test_list_sessions_and_delete_session(server: MockServer) -> None:
     sessions = [
-        {"id": "s1", "isActive": True, "lastAccessedAt": "t1", "runtime": "python", "createdAt": "t0"},
+        {"id": "s1", "isActive": True, "lastAccessedAt": "t1", "runtime": "python", "createdAt": "t0",
+         "state": "ready"},
         {"id": "s2", "isActive": False, "lastAccessedAt": "t2"},
     ]
     server.route("GET", "/sessions", httpx.Response(200, json={"sessions": sessions}))
     server.route("DELETE", "/session/s2", httpx.Response(200, json={"ok": True}))
     client = make(server)
-    assert client.list_sessions() == [SessionInfo("s1", True, "t1", "python", "t0"),
-                                      SessionInfo("s2", False, "t2", None, None)]
+    assert client.list_sessions() == [SessionInfo("s1", True, "t1", "python", "t0", "ready"),
+                                      SessionInfo("s2", False, "t2")]
     client.delete_session("s2")
     assert server.paths()[-1] == "DELETE /session/s2"
 
