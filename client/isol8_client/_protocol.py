@@ -29,8 +29,8 @@ DEFAULT_TIMEOUT = httpx.Timeout(600.0, connect=10.0)
 # Option names whose camelCase spelling is not the plain conversion.
 _OPTION_ALIASES = {"readonly_rootfs": "readonlyRootFs"}
 
-# Statuses a retry can cure: both are answered before any user code starts
-# (quota refused, or no capacity to queue the run).
+# Statuses a retry can cure: a used-up quota (answered before the run is even
+# created) and no capacity (the documented 503 unavailable).
 RETRYABLE_STATUSES = frozenset({429, 503})
 
 
@@ -200,9 +200,10 @@ def connection_error(exc: httpx.TransportError, host: str) -> Isol8ConnectionErr
 class RetryPolicy:
     """Opt-in retries of 429/503 answers, bounded in count and in time.
 
-    Only statuses that the server gives before user code starts are retried,
-    so a retry never runs a program twice. Without a Retry-After header the
-    wait doubles from one second.
+    Opt-in because of one case: a POST /execute whose worker died mid-run is
+    also answered 503 today, and retrying it runs the program again. Other
+    errors (500s, dropped connections) are never retried for the same reason.
+    Without a Retry-After header the wait doubles from one second.
     """
 
     enabled: bool = False
