@@ -18,8 +18,8 @@ from executions.models import FINISHED, Execution, Status
 from executions.validation import ExecuteSerializer, build_spec, resolve_limits
 from isol8_site.celery import host_queue
 from isol8_site.errors import not_found, validation_error
-from sessions_app.services import session_claim_for_execution, session_release
-from tenants.authentication import principal_of
+from sessions_app.services import session_claim_for_execution, session_release, sessions_stop_idle
+from tenants.authentication import IsMaster, principal_of
 
 PAGE_SIZE = 50
 
@@ -187,3 +187,14 @@ class ExecutionCancelApi(APIView):
         execution = services.execution_cancel(execution=execution)
         return Response({"ok": True, "status": execution.status, "executionId": str(execution.pk)})
 
+
+
+class CleanupApi(APIView):
+    """POST /cleanup (master key): stop idle sessions, remove leaked containers. Never images."""
+
+    permission_classes = [IsMaster]
+
+    def post(self, request: Request) -> Response:
+        sessions = sessions_stop_idle()
+        containers = services.cleanup_containers()
+        return Response({"ok": True, "sessions": {"removed": sessions}, "containers": containers})

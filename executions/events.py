@@ -51,14 +51,10 @@ def _key(channel: str) -> str:
     return KEY_PREFIX + channel
 
 
-_sync_client: redis.Redis | None = None
-
-
 def _redis() -> redis.Redis:
-    global _sync_client
-    if _sync_client is None:
-        _sync_client = redis.Redis.from_url(settings.REDIS_URL)
-    return _sync_client
+    from isol8_site.redis import get_redis
+
+    return get_redis()
 
 
 class RedisEventStorage(StorageBase):
@@ -126,6 +122,18 @@ def has_exit(execution_id: object) -> bool:
 
 # ------------------------------------------------------------------- streaming
 
+_async_clients: dict[int, redis.asyncio.Redis] = {}
+
+
+def _async_redis() -> redis.asyncio.Redis:
+    """One pooled async client per event loop, shared by all its streams."""
+    loop = asyncio.get_running_loop()
+    client = _async_clients.get(id(loop))
+    if client is None:
+        client = redis.asyncio.Redis.from_url(settings.REDIS_URL)
+        _async_clients[id(loop)] = client
+    return client
+
 
 def parse_last_event_id(value: str | None) -> int:
     """Accept ``17`` or django-eventstream's ``channel:17`` form; 0 means the start."""
@@ -151,7 +159,7 @@ async def stream_events(execution_id: object, *, after: int = 0) -> AsyncIterato
     Storage is the source of truth; the listener only says "look again".
     """
     channel = channel_for(execution_id)
-    client = redis.asyncio.Redis.from_url(settings.REDIS_URL)
+    client = _async_redis()
     listener = Listener()
     listener.channels = {channel}
     listener.assign_loop()
@@ -191,7 +199,6 @@ async def stream_events(execution_id: object, *, after: int = 0) -> AsyncIterato
                 yield ": keep-alive\n\n"
     finally:
         manager.remove_listener(listener)
-        await client.aclose()
 
 
 async def replay_finished(execution_id: object, *, after: int = 0) -> AsyncIterator[str]:

@@ -18,6 +18,7 @@ import math
 import time
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 from django.conf import settings
 from django.utils import timezone
@@ -27,12 +28,13 @@ from isol8_site.redis import get_redis
 from tenants.models import Tenant
 
 ACQUIRE = """
-local running, rate, month = KEYS[1], KEYS[2], KEYS[3]
+local running, rate, month, global = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local now, expires, id = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
 local max_running, max_rate = tonumber(ARGV[4]), tonumber(ARGV[5])
-local budget = tonumber(ARGV[6])
+local budget, max_global = tonumber(ARGV[6]), tonumber(ARGV[7])
 redis.call('ZREMRANGEBYSCORE', running, '-inf', now)
 redis.call('ZREMRANGEBYSCORE', rate, '-inf', now - 60)
+redis.call('ZREMRANGEBYSCORE', global, '-inf', now)
 if budget >= 0 then
   local used = tonumber(redis.call('GET', month) or '0')
   if used >= budget then return {'month', 0} end
@@ -45,12 +47,23 @@ if redis.call('ZCARD', rate) >= max_rate then
   local first = redis.call('ZRANGE', rate, 0, 0, 'WITHSCORES')
   return {'rate', first[2] or now}
 end
+if redis.call('ZCARD', global) >= max_global then
+  return {'global', 0}
+end
 redis.call('ZADD', running, expires, id)
 redis.call('ZADD', rate, now, id)
+redis.call('ZADD', global, expires, id)
 redis.call('EXPIRE', running, 86400)
 redis.call('EXPIRE', rate, 120)
+redis.call('EXPIRE', global, 86400)
 return {'ok', 0}
 """
+def _cluster_key(name: str) -> str:
+    # Services sharing one Redis but not one run queue (test runs, staging) are
+    # separate clusters with separate global limits.
+    return f"isol8:q:{name}:{settings.ISOL8_RUN_QUEUE}"
+
+GLOBAL_POLL_SECONDS = 0.02
 
 
 def _keys(tenant_slug: str) -> tuple[str, str, str]:
@@ -70,17 +83,18 @@ def quota_exceeded(message: str, retry_after: float) -> ApiError:
 
 
 def acquire(*, tenant: Tenant, execution_id: str, hold_seconds: float) -> None:
-    """Take a concurrency slot and a rate token, or raise 429 naming the quota."""
-    now = time.time()
-    budget = -1 if tenant.monthly_seconds is None else tenant.monthly_seconds
-    script = get_redis().register_script(ACQUIRE)
-    verdict, when = script(
-        keys=list(_keys(tenant.slug)),
-        args=[now, now + hold_seconds, execution_id, tenant.max_concurrent, tenant.max_per_minute, budget],
-    )
-    verdict = verdict.decode() if isinstance(verdict, bytes) else verdict
+    """Take the tenant's concurrency slot and rate token and a global slot.
+
+    A tenant quota that is used up is 429 at once. When only the global
+    ``maxConcurrent`` is reached, the request waits for a slot, in a bounded
+    line (ISOL8_MAX_QUEUE_DEPTH) for at most ISOL8_QUEUE_TIMEOUT, then gets 503.
+    """
+    verdict, when = _try_acquire(tenant, execution_id, hold_seconds)
+    if verdict == "global":
+        verdict, when = _wait_for_global_slot(tenant, execution_id, hold_seconds)
     if verdict == "ok":
         return
+    now = time.time()
     if verdict == "concurrency":
         raise quota_exceeded(
             f"Quota exceeded: at most {tenant.max_concurrent} concurrent executions", 1
@@ -97,11 +111,57 @@ def acquire(*, tenant: Tenant, execution_id: str, hold_seconds: float) -> None:
     )
 
 
+def _try_acquire(tenant: Tenant, execution_id: str, hold_seconds: float) -> tuple[str, float]:
+    now = time.time()
+    budget = -1 if tenant.monthly_seconds is None else tenant.monthly_seconds
+    verdict, when = _acquire_script()(
+        keys=[*_keys(tenant.slug), _cluster_key("global")],
+        args=[
+            now, now + hold_seconds, execution_id, tenant.max_concurrent, tenant.max_per_minute,
+            budget, settings.ISOL8_CONFIG.max_concurrent,
+        ],
+    )
+    return (verdict.decode() if isinstance(verdict, bytes) else str(verdict)), float(when)
+
+
+def _wait_for_global_slot(tenant: Tenant, execution_id: str, hold_seconds: float) -> tuple[str, float]:
+    r = get_redis()
+    position = int(r.incr(_cluster_key("waiting")))
+    r.expire(_cluster_key("waiting"), int(settings.ISOL8_QUEUE_TIMEOUT) + 60)
+    try:
+        if position > settings.ISOL8_MAX_QUEUE_DEPTH:
+            raise unavailable("The service is at capacity and its queue is full; try again shortly")
+        deadline = time.monotonic() + settings.ISOL8_QUEUE_TIMEOUT
+        while time.monotonic() < deadline:
+            time.sleep(GLOBAL_POLL_SECONDS)
+            verdict, when = _try_acquire(tenant, execution_id, hold_seconds)
+            if verdict != "global":
+                return verdict, when
+        raise unavailable("The service is at capacity (maxConcurrent); try again shortly")
+    finally:
+        r.decr(_cluster_key("waiting"))
+
+
+def unavailable(message: str) -> ApiError:
+    return ApiError(503, "unavailable", message, headers={"Retry-After": "5"})
+
+
+_script: Any = None
+
+
+def _acquire_script() -> Any:
+    global _script
+    if _script is None:
+        _script = get_redis().register_script(ACQUIRE)
+    return _script
+
+
 def release(*, tenant_slug: str, execution_id: str, seconds: float = 0.0) -> None:
     """Free the execution's slot and charge its run time to the month."""
     running, _, month = _keys(tenant_slug)
     pipe = get_redis().pipeline(transaction=False)
     pipe.zrem(running, execution_id)
+    pipe.zrem(_cluster_key("global"), execution_id)
     if seconds > 0:
         pipe.incrbyfloat(month, seconds)
         pipe.expire(month, 40 * 86400)

@@ -82,7 +82,7 @@ def client() -> docker.DockerClient:
 def docker_ping() -> bool:
     try:
         return bool(client().ping())
-    except Exception:
+    except Exception:  # noqa: BLE001 - any failure means not reachable
         return False
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -118,10 +119,18 @@ def execution_wait(*, execution: Execution) -> Reply:
     popped = get_redis().blpop([RESULT_KEY + str(execution.pk)], timeout=wait)
     if popped is not None:
         return Reply.from_json(popped[1])
-    # No answer in time: the run was never picked up or its worker died.
-    execution_fail(execution_id=str(execution.pk), reason="No worker finished this execution in time")
+    # No answer in time: the run was never picked up, or its worker died.
     execution.refresh_from_db()
-    if execution.status in FINISHED and execution.status != Status.ERROR:
+    started = execution.started_at is not None
+    execution_fail(
+        execution_id=str(execution.pk),
+        reason="The worker running this execution stopped answering" if started
+        else "No worker picked this execution up in time",
+    )
+    execution.refresh_from_db()
+    if started:
+        # It may have run: answer with its (failed) result, never "retry", so a
+        # client cannot run the same code twice by retrying.
         return Reply(200, result_payload(execution))
     return Reply(
         503,
@@ -351,3 +360,31 @@ def history_record(execution: Execution) -> dict[str, Any]:
 def _iso(value: Any) -> str | None:
     return value.isoformat().replace("+00:00", "Z") if value else None
 
+
+
+def cleanup_containers(*, wait_seconds: float = 20.0) -> dict[str, int]:
+    """Ask every live worker to remove its leaked containers; count what they removed.
+
+    Images are never touched. A worker that does not answer in time is counted
+    in ``unanswered``; its own periodic sweep will get to its leftovers.
+    """
+    from executions.tasks import remove_orphans_now
+    from executions.worker import alive_hosts
+    from isol8_site.celery import host_queue
+
+    hosts = alive_hosts()
+    reply_key = f"isol8:cleanup:{uuid.uuid4()}"
+    for host in hosts:
+        remove_orphans_now.apply_async(args=(reply_key,), queue=host_queue(host))
+    removed = answered = 0
+    deadline = time.monotonic() + wait_seconds
+    while answered < len(hosts):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        popped = get_redis().blpop([reply_key], timeout=max(1, int(remaining)))
+        if popped is None:
+            break
+        removed += int(popped[1])
+        answered += 1
+    return {"removed": removed, "workers": len(hosts), "unanswered": len(hosts) - answered}

@@ -32,7 +32,10 @@ from sessions_app.models import Session, SessionState
 
 logger = logging.getLogger(__name__)
 
-HEARTBEAT_KEY = "isol8:workers"
+def heartbeat_key() -> str:
+    """The heartbeats of the workers serving one run queue (one isol8 cluster)."""
+    return f"isol8:workers:{settings.ISOL8_RUN_QUEUE}"
+
 # Launcher file-operation error codes -> HTTP status.
 FILE_ERROR_STATUS = {
     "path_outside_sandbox": 400,
@@ -107,13 +110,13 @@ class Worker:
         the whole service stops)."""
         self.cancel_all()
         self.pool.close()
-        get_redis().hdel(HEARTBEAT_KEY, self.host)
+        get_redis().hdel(heartbeat_key(), self.host)
         remove_orphans(keep=self.session_container_ids())
 
     def heartbeat(self) -> None:
         self.docker_ok = sandbox.docker_ping()
         beat = {"at": time.time(), "docker": self.docker_ok, **self.pool.stats()}
-        get_redis().hset(HEARTBEAT_KEY, self.host, json.dumps(beat))
+        get_redis().hset(heartbeat_key(), self.host, json.dumps(beat))
 
     def owned_container_ids(self) -> set[str]:
         with self.lock:
@@ -147,8 +150,8 @@ class Worker:
                 if time.monotonic() - last_sweep >= settings.ISOL8_REAPER_SECONDS:
                     last_sweep = time.monotonic()
                     # Containers being created right now are not owned yet:
-                    # only those older than a minute count as orphans.
-                    remove_orphans(keep=self.owned_container_ids(), min_age=60.0)
+                    # only those older than ISOL8_ORPHAN_MIN_AGE count as orphans.
+                    remove_orphans(keep=self.owned_container_ids(), min_age=settings.ISOL8_ORPHAN_MIN_AGE)
             except Exception:
                 logger.exception("heartbeat failed")
 
@@ -363,7 +366,7 @@ def remove_orphans(*, keep: set[str], min_age: float = 0.0) -> int:
     removed = 0
     try:
         containers = sandbox.list_managed(host=settings.ISOL8_WORKER_HOST)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - Docker down: nothing to remove now
         logger.warning("cannot list containers: %s", exc)
         return 0
     for container in containers:
@@ -376,17 +379,20 @@ def remove_orphans(*, keep: set[str], min_age: float = 0.0) -> int:
     return removed
 
 
+def alive_hosts() -> set[str]:
+    """Worker hosts whose heartbeat is fresh (3 missed beats = gone)."""
+    beats = {_text(k): json.loads(v) for k, v in get_redis().hgetall(heartbeat_key()).items()}
+    horizon = 3 * settings.ISOL8_HEARTBEAT_SECONDS
+    return {host for host, beat in beats.items() if time.time() - beat["at"] < horizon}
+
+
 def reap_lost_executions() -> int:
     """Fail executions whose worker is gone or that waited in the queue too long.
 
     Runs in Celery beat's periodic task; any process may do it because it only
     looks at heartbeats and the database.
     """
-    beats = {_text(k): json.loads(v) for k, v in get_redis().hgetall(HEARTBEAT_KEY).items()}
-    alive = {
-        host for host, beat in beats.items()
-        if time.time() - beat["at"] < 3 * settings.ISOL8_HEARTBEAT_SECONDS
-    }
+    alive = alive_hosts()
     failed = 0
     running = Execution.objects.filter(status=Status.RUNNING).exclude(worker_host__in=alive)
     for exec_id in running.values_list("pk", flat=True):

@@ -12,7 +12,14 @@ def get_redis() -> redis.Redis:
     """A process-wide client; its connection pool is thread-safe."""
     global _client
     if _client is None:
+        # No read timeout: BLPOP waits as long as a run may take (redis-py 8
+        # would otherwise cut every blocking read at 5 s). Keep-alives and the
+        # health check detect dead connections instead.
         _client = redis.Redis.from_url(
-            settings.REDIS_URL, socket_connect_timeout=2, health_check_interval=30
+            settings.REDIS_URL,
+            socket_connect_timeout=2,
+            socket_timeout=None,
+            socket_keepalive=True,
+            health_check_interval=30,
         )
     return _client

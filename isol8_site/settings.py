@@ -169,7 +169,9 @@ REST_FRAMEWORK = {
 # django-eventstream keeps events in Redis (see executions/events.py) so a stream
 # can start from an execution's first event and resume after a disconnect.
 EVENTSTREAM_STORAGE_CLASS = "executions.events.RedisEventStorage"
-EVENTSTREAM_REDIS = parse_redis_url(REDIS_URL)
+# No read timeout: the pub/sub listener of each web process waits for events as
+# long as streams are open (redis-py 8 defaults to 5 s, which kills it when idle).
+EVENTSTREAM_REDIS = {**parse_redis_url(REDIS_URL), "socket_timeout": None, "socket_keepalive": True}
 EVENTSTREAM_CHANNELMANAGER_CLASS = "executions.events.ExecutionChannelManager"
 
 # ---------------------------------------------------------------- isol8 itself
@@ -228,12 +230,17 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = ISOL8_FILE_BODY_MAX
 ISOL8_HISTORY_MAX_OUTPUT = env_int("ISOL8_HISTORY_MAX_OUTPUT", 1024 * 1024)
 # How long a queued run may wait for a worker before it fails with 503.
 ISOL8_QUEUE_TIMEOUT = env_float("ISOL8_QUEUE_TIMEOUT", 30.0)
+# Requests waiting for a global slot (maxConcurrent) beyond this many get 503 at once.
+ISOL8_MAX_QUEUE_DEPTH = env_int("ISOL8_MAX_QUEUE_DEPTH", 100)
 # Extra time past the run's own timeout before the service gives up on a worker.
 ISOL8_RESULT_GRACE = env_float("ISOL8_RESULT_GRACE", 15.0)
 # Workers refresh a heartbeat this often; one silent for 3 beats counts as dead.
 ISOL8_HEARTBEAT_SECONDS = env_float("ISOL8_HEARTBEAT_SECONDS", 5.0)
 # How often the reaper fails runs of dead workers and removes orphaned containers.
 ISOL8_REAPER_SECONDS = env_float("ISOL8_REAPER_SECONDS", 10.0)
+# A container of this host that nothing owns counts as leaked only when older than
+# this (seconds): a younger one may be starting for a run right now.
+ISOL8_ORPHAN_MIN_AGE = env_float("ISOL8_ORPHAN_MIN_AGE", 60.0)
 # How often idle sessions are looked for (pruned past cleanup.maxContainerAgeMs).
 ISOL8_PRUNE_SECONDS = env_float("ISOL8_PRUNE_SECONDS", 60.0)
 # Events of an execution are kept this long after it ends, for resuming streams.

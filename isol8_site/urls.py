@@ -6,6 +6,7 @@ from django.urls import path
 from executions import apis as executions
 from isol8_site.health import HealthApi
 from sessions_app import apis as sessions
+from tenants import apis as auth
 
 handler400 = "isol8_site.errors.json_400"
 handler404 = "isol8_site.errors.json_404"
@@ -22,5 +23,9 @@ urlpatterns = [
     path("sessions", sessions.SessionListApi.as_view()),
     path("session/<str:session_id>", sessions.SessionDeleteApi.as_view()),
     path("file", sessions.FileApi.as_view()),
+    path("cleanup", executions.CleanupApi.as_view()),
+    path("auth/keys", auth.KeysApi.as_view()),
+    path("auth/keys/<str:key_id>", auth.KeyRevokeApi.as_view()),
+    path("auth/login", auth.LoginApi.as_view()),
     path("admin/", admin.site.urls),
 ]

@@ -154,6 +154,18 @@ def host_queue(host: str) -> str:
     return queue_name(host)
 
 
+def sessions_stop_idle(*, tenant: Tenant | None = None) -> int:
+    """POST /cleanup: stop every session that is not running something right now."""
+    idle = Session.objects.filter(state__in=(*LIVE, SessionState.DEAD), busy_execution__isnull=True)
+    if tenant is not None:
+        idle = idle.filter(tenant=tenant)
+    stopped = 0
+    for session in idle:
+        session_stop(session=session, reason="removed by /cleanup")
+        stopped += 1
+    return stopped
+
+
 def sessions_prune(*, now: Any = None) -> int:
     """Stop idle sessions past cleanup.maxContainerAgeMs; never a busy one."""
     config = settings.ISOL8_CONFIG.cleanup

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 from django.db.models import QuerySet
 
 from tenants.models import ApiKey, Tenant
@@ -18,6 +20,7 @@ def apikey_list(*, tenant: Tenant | None = None) -> QuerySet[ApiKey]:
 
 def apikey_get(*, key_id: str) -> ApiKey | None:
     try:
-        return ApiKey.objects.select_related("tenant").filter(pk=key_id).first()
-    except Exception:  # a malformed UUID is simply not a key
-        return None
+        pk = uuid.UUID(key_id)
+    except ValueError:
+        return None  # a malformed id is simply not a key
+    return ApiKey.objects.select_related("tenant").filter(pk=pk).first()

@@ -34,7 +34,7 @@ class Command(BaseCommand):
     help = "Run the web server, a worker and beat; stop them all on Ctrl-C or SIGTERM."
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "3000")))
+        parser.add_argument("--port", type=int, default=int(os.environ.get("PORT") or 3000))
         parser.add_argument("--host", default=os.environ.get("ISOL8_BIND", "127.0.0.1"))
         parser.add_argument("--key", default=None, help="master key (default: ISOL8_API_KEY)")
         parser.add_argument("--config", default=None, help="isol8.config.json to use")
@@ -131,7 +131,7 @@ class Command(BaseCommand):
             from isol8_site.redis import get_redis
 
             get_redis().ping()
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - reported as a missing prerequisite
             problems.append(f"Redis is not reachable at {settings.REDIS_URL}: {exc}")
         if not problems:
             missing = sandbox.missing_images(settings.ISOL8_RUNTIMES)
@@ -162,6 +162,6 @@ class Command(BaseCommand):
         try:
             for container in sandbox.list_managed(host=settings.ISOL8_WORKER_HOST):
                 sandbox.remove_container(container.id)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - Docker gone: nothing more to clean
             self.stderr.write(f"could not clean up containers: {exc}")
         self.stdout.write("isol8 stopped")

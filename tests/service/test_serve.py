@@ -1,0 +1,111 @@
+"""`manage.py serve` and the config file (issue 5, points 1 and 2)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+from executions import sandbox
+from isol8_site.config import ConfigError, parse_config
+from tests.conftest import ROOT, free_port
+
+pytestmark = pytest.mark.stack
+
+
+def children_of(pid: int) -> set[int]:
+    found = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as fh:
+                    ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            if ppid == pid:
+                found.add(int(entry))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_serve_starts_clean_and_stops_cleanly(stack, transactional_db, tmp_path):
+    host = f"serve-{os.getpid()}"
+    port = free_port()
+    env = {**stack.env, "ISOL8_WORKER_HOST": host, "ISOL8_RUN_QUEUE": f"isol8.run.{host}", "PORT": ""}
+    proc = subprocess.Popen(
+        [sys.executable, "manage.py", "serve", "--port", str(port), "--key", "serve-key"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+        assert proc.poll() is None, proc.communicate()[0].decode()
+        response = httpx.post(f"{url}/execute", headers={"Authorization": "Bearer serve-key"},
+                              json={"request": {"runtime": "python", "code": "print(1)"}}, timeout=60)
+        assert response.json()["stdout"] == "1", response.text
+        children = children_of(proc.pid)
+        assert len(children) == 3  # web, worker, beat
+        assert sandbox.list_managed(host=host)  # the worker's pool
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        output = proc.communicate(timeout=60)[0].decode()
+    assert proc.returncode == 0, output
+    assert "listening on http://127.0.0.1:" in output and "curl -H 'Authorization: Bearer serve-key'" in output
+    assert not [pid for pid in children if alive(pid)]
+    assert sandbox.list_managed(host=host) == []
+
+
+def test_config_with_an_unknown_key_refuses_to_start_naming_it(tmp_path, stack):
+    config = tmp_path / "isol8.config.json"
+    config.write_text(json.dumps({"maxConcurrent": 4, "defaults": {"timeoutMs": 1000, "memroyLimit": "1g"}}))
+    result = subprocess.run(
+        [sys.executable, "manage.py", "serve", "--config", str(config), "--key", "k"],
+        cwd=ROOT, env=stack.env, capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode != 0
+    assert "defaults.memroyLimit" in result.stderr
+    result = subprocess.run(
+        [sys.executable, "manage.py", "check"], cwd=ROOT, env={**stack.env, "ISOL8_CONFIG": str(config)},
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 2 and "defaults.memroyLimit" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("raw", "mentions"),
+    [({"surprise": 1}, "surprise"), ({"maxConcurrent": 0}, "maxConcurrent"),
+     ({"defaults": {"memoryLimit": "lots"}}, "defaults.memoryLimit"),
+     ({"cleanup": {"autoPrune": "yes"}}, "cleanup.autoPrune"),
+     ({"defaults": {"network": "wide"}}, "defaults.network"), ([], "object")],
+)
+def test_bad_config_values_are_named(raw, mentions):
+    with pytest.raises(ConfigError, match=mentions.replace(".", r"\.")):
+        parse_config(raw, source="test")
+
+
+def test_config_values_become_defaults():
+    config = parse_config({"maxConcurrent": 3, "poolSize": 0, "defaults": {"timeoutMs": 1234, "memoryLimit": "1g"},
+                           "cleanup": {"autoPrune": False, "maxContainerAgeMs": 5000}}, source="test")
+    assert config.max_concurrent == 3 and config.pool_size == 0
+    assert config.defaults.timeout_ms == 1234 and config.defaults.memory_limit == 1024**3
+    assert config.cleanup.auto_prune is False and config.cleanup.max_container_age_ms == 5000
