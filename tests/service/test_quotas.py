@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -13,43 +12,29 @@ import httpx
 import pytest
 
 from executions import sandbox
+from executions.models import Execution
 from tests.conftest import ROOT, free_port, make_key, run
 
 pytestmark = pytest.mark.stack
 
 
-class DockerSampler:
-    """Counts, on the Docker side, how many `sleep` programs run at once."""
+def timed(seconds: float) -> str:
+    """A program that prints, from inside its container, when it started and ended."""
+    return f"date +%s.%N; sleep {seconds}; date +%s.%N"
 
-    def __init__(self, hosts: list[str], marker: str) -> None:
-        self.hosts, self.marker = hosts, marker
-        self.peak = 0
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self.loop, daemon=True)
 
-    def count(self) -> int:
-        total = 0
-        for host in self.hosts:
-            for container in sandbox.list_managed(host=host):
-                try:
-                    top = sandbox.client().api.top(container.id, ps_args="-eo pid,args")
-                except Exception:  # noqa: BLE001 - a container may be going away
-                    continue
-                total += sum(self.marker in " ".join(p) for p in top.get("Processes") or [])
-        return total
-
-    def loop(self) -> None:
-        while not self.stop.is_set():
-            self.peak = max(self.peak, self.count())
-            time.sleep(0.05)
-
-    def __enter__(self) -> DockerSampler:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        self.thread.join()
+def peak_overlap(responses: list[httpx.Response]) -> int:
+    """Most programs running at one instant, from the timestamps they printed."""
+    edges = []
+    for response in responses:
+        if response.status_code == 200:
+            start, end = (float(x) for x in response.json()["stdout"].split())
+            edges += [(start, 1), (end, -1)]
+    running = peak = 0
+    for _, step in sorted(edges, key=lambda e: (e[0], e[1])):
+        running += step
+        peak = max(peak, running)
+    return peak
 
 
 def test_tenant_concurrency_cap_holds_under_simultaneous_requests(stack, tenant):
@@ -59,15 +44,15 @@ def test_tenant_concurrency_cap_holds_under_simultaneous_requests(stack, tenant)
 
     def one(_: int) -> httpx.Response:
         with stack.client(key) as api:
-            return run(api, {"runtime": "bash", "code": "sleep 2.1"})
+            return run(api, {"runtime": "bash", "code": timed(2)})
 
-    with DockerSampler([stack.env["ISOL8_WORKER_HOST"]], "sleep 2.1") as sampler, ThreadPoolExecutor(10) as pool:
+    with ThreadPoolExecutor(10) as pool:
         responses = list(pool.map(one, range(10)))
     statuses = [r.status_code for r in responses]
     assert statuses.count(200) >= 2
     assert statuses.count(429) >= 6
     assert set(statuses) <= {200, 429}
-    assert 1 <= sampler.peak <= 2
+    assert 1 <= peak_overlap(responses) <= 2
     refused = next(r for r in responses if r.status_code == 429)
     assert refused.json()["code"] == "quota_exceeded"
     assert "concurrent" in refused.json()["error"]
@@ -131,14 +116,15 @@ def test_max_concurrent_caps_runs_across_two_workers(stack, tenant, tmp_path):
             time.sleep(0.2)
 
         def one(_: int) -> httpx.Response:
-            return httpx.post(f"{url}/execute", json={"request": {"runtime": "bash", "code": "sleep 1.3"}},
+            return httpx.post(f"{url}/execute", json={"request": {"runtime": "bash", "code": timed(1)}},
                               headers={"Authorization": f"Bearer {key}"}, timeout=120)
 
-        hosts = [stack.env["ISOL8_WORKER_HOST"], second_host]
-        with DockerSampler(hosts, "sleep 1.3") as sampler, ThreadPoolExecutor(6) as pool:
+        with ThreadPoolExecutor(6) as pool:
             responses = list(pool.map(one, range(6)))
         assert [r.status_code for r in responses] == [200] * 6  # the rest waited in line
-        assert 1 <= sampler.peak <= 2
+        assert peak_overlap(responses) == 2
+        hosts = {Execution.objects.get(pk=r.json()["executionId"]).worker_host for r in responses}
+        assert len(hosts) == 2  # both workers ran some
     finally:
         web.terminate()
         web.wait()

@@ -44,7 +44,10 @@ def alive(pid: int) -> bool:
 def test_serve_starts_clean_and_stops_cleanly(stack, transactional_db, tmp_path):
     host = f"serve-{os.getpid()}"
     port = free_port()
-    env = {**stack.env, "ISOL8_WORKER_HOST": host, "ISOL8_RUN_QUEUE": f"isol8.run.{host}", "PORT": ""}
+    # A cluster of its own: database, run queue and worker host (the stack's reaper
+    # would otherwise see this worker as foreign and fail its runs).
+    env = {**stack.env, "ISOL8_WORKER_HOST": host, "ISOL8_RUN_QUEUE": f"isol8.run.{host}", "PORT": "",
+           "ISOL8_DATA_DIR": str(tmp_path), "DATABASE_URL": f"sqlite:///{tmp_path}/serve.sqlite3"}
     proc = subprocess.Popen(
         [sys.executable, "manage.py", "serve", "--port", str(port), "--key", "serve-key"],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
