@@ -43,7 +43,7 @@ def resolve_workdir(workdir: str) -> str:
 
 
 def build_request(
-    spec: ExecutionSpec, limits: Limits, *, in_session: bool, max_file_bytes: int
+    spec: ExecutionSpec, limits: Limits, *, in_session: bool, max_file_bytes: int, reset_after: bool = False
 ) -> dict[str, Any]:
     """The launcher's ``run`` request for a spec (files, argv, env, limits)."""
     runtime = RUNTIMES[spec.runtime]
@@ -79,6 +79,7 @@ def build_request(
         # One-shot sandboxes are reset after the run anyway; killing leftovers
         # at once also gives their pipes EOF. Sessions keep background processes.
         "killLeftovers": not in_session,
+        "resetAfter": reset_after,
     }
     if spec.setup_script.strip():
         files.insert(0, [SETUP_PATH, base64.b64encode(spec.setup_script.encode()).decode()])
@@ -210,7 +211,12 @@ def run_in_sandbox(
     failure of the sandbox itself is a RunResult with status ``error`` and
     ``box.broken`` set, so the caller destroys the container.
     """
-    request = build_request(spec, limits, in_session=in_session, max_file_bytes=max_file_bytes)
+    # The launcher resets a one-shot sandbox on its own right after the run; the
+    # exec fallback cannot (its exec ends with the run), so the pool asks later.
+    reset_after = not in_session and box.mode == "launcher"
+    request = build_request(
+        spec, limits, in_session=in_session, max_file_bytes=max_file_bytes, reset_after=reset_after
+    )
     collector = OutputCollector(
         secrets=list(spec.secrets.values()), history_max=history_max, publish=publish
     )
@@ -229,6 +235,7 @@ def run_in_sandbox(
                 collector.truncated(marker["kind"], int(marker["bytes"]), limits.max_output)
             elif frame.kind == "x":
                 outcome = frame.json()
+                box.reset_pending = reset_after
     except SandboxError as exc:
         collector.finish()
         if handle.cancelled:

@@ -402,6 +402,8 @@ class Sandbox:
     last_used: float = field(default_factory=time.monotonic)
     runs: int = 0
     broken: bool = False
+    # The launcher is resetting on its own after a run; its reply is still to be read.
+    reset_pending: bool = False
 
     def call(self, request: dict[str, Any], timeout: float) -> Iterator[Frame]:
         """Send one request; yield its frames. Any failure marks the sandbox broken."""
@@ -410,6 +412,28 @@ class Sandbox:
             yield from self.transport.call(request, deadline)
         except BaseException:
             # A half-read reply leaves the stream out of step: never reuse it.
+            self.broken = True
+            raise
+
+    def reset(self, timeout: float = 10.0) -> bool:
+        """Make the sandbox clean for its tenant's next run; False when it cannot be."""
+        if self.reset_pending:
+            self.reset_pending = False
+            reply = self.pending_reply(timeout)
+        else:
+            reply = self.request({"op": "reset"}, timeout)
+        return bool(reply.get("ok") and reply.get("clean"))
+
+    def pending_reply(self, timeout: float) -> dict[str, Any]:
+        """Read the reply to a request the launcher is already answering (launcher mode)."""
+        assert isinstance(self.transport, LauncherTransport)
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                frame = self.transport.reader.read(deadline)
+                if frame.kind == "r":
+                    return frame.json()
+        except BaseException:
             self.broken = True
             raise
 

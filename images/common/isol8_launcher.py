@@ -816,10 +816,27 @@ def remove_sysv_ipc() -> None:
 
 
 def op_reset(_: dict[str, Any]) -> dict[str, Any]:
-    clean = kill_code_user()
-    if clean:
-        as_code_user(wipe_scratch)
-    return {"clean": clean}
+    """Kill every process of the code user, then empty every writable place.
+
+    One helper process does both, as the code user; the wipe only happens
+    once nothing of the code user is left alive to write again.
+    """
+
+    def reset() -> bool:
+        for _ in range(200):
+            try:
+                os.kill(-1, signal.SIGKILL)
+            except ProcessLookupError:
+                break
+            if not live_code_processes():
+                break
+            time.sleep(0.005)
+        else:
+            return False
+        wipe_scratch()
+        return True
+
+    return {"clean": bool(as_code_user(reset))}
 
 
 def op_get_file(req: dict[str, Any]) -> dict[str, Any]:
@@ -862,6 +879,10 @@ def handle(req: dict[str, Any]) -> None:
     op = req.get("op")
     if op == "run":
         op_run(req)
+        if req.get("resetAfter"):
+            # One-shot sandboxes are reset right after the result went out,
+            # while the worker records it: the next run does not wait for it.
+            handle({"op": "reset"})
         return
     if op == "cancel":
         # A cancel that arrived after its run ended: acknowledged with a frame
