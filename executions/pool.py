@@ -23,7 +23,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 
 from executions import sandbox
@@ -46,12 +46,14 @@ class SandboxPool:
         size: int,
         idle_per_tenant: int,
         idle_seconds: float,
+        prepare: Callable[[Sandbox], None] = lambda box: None,
     ) -> None:
         self.runtimes = list(runtimes)
         self.default_limits = default_limits
         self.size = size
         self.idle_per_tenant = idle_per_tenant
         self.idle_seconds = idle_seconds
+        self.prepare = prepare  # run on every new sandbox before its first use
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._warm: dict[Key, deque[Sandbox]] = {}
@@ -127,7 +129,14 @@ class SandboxPool:
             runtime=runtime, limits=limits, labels={sandbox.LABEL_TENANT: tenant, **labels}
         )
         box.tenant = tenant
+        self._prepare(box)
         return box
+
+    def _prepare(self, box: Sandbox) -> None:
+        try:
+            self.prepare(box)
+        except SandboxError as exc:
+            logger.warning("preparing %s failed: %s", box.container_id[:12], exc)
 
     def release(self, box: Sandbox, *, reusable: bool) -> None:
         """Return a used sandbox: reset it for its tenant, or destroy it."""
@@ -203,6 +212,7 @@ class SandboxPool:
                 # execution rows' container ids).
                 labels={sandbox.LABEL_POOL: "warm", sandbox.LABEL_TENANT: UNASSIGNED},
             )
+            self._prepare(box)
         except SandboxError as exc:
             logger.warning("could not start a warm %s sandbox: %s", runtime, exc)
             time.sleep(5.0)  # Docker is unhappy: do not spin

@@ -23,7 +23,7 @@ from django.utils import timezone
 from executions import events, sandbox, services
 from executions.models import Execution, Status
 from executions.pool import SandboxPool
-from executions.runner import Publish, RunHandle, run_in_sandbox
+from executions.runner import Publish, RunHandle, prepare_sandbox, run_in_sandbox
 from executions.sandbox import DockerUnavailableError, Sandbox, SandboxError
 from executions.spec import ExecutionSpec, Limits, RunResult
 from isol8_site.redis import get_redis
@@ -73,6 +73,7 @@ class Worker:
             size=settings.ISOL8_POOL_SIZE,
             idle_per_tenant=settings.ISOL8_TENANT_IDLE_MAX,
             idle_seconds=settings.ISOL8_TENANT_IDLE_SECONDS,
+            prepare=prepare_sandbox,
         )
         self.handles: dict[str, RunHandle] = {}
         self.busy: dict[str, Sandbox] = {}  # sandboxes lent to runs in progress
@@ -294,6 +295,8 @@ class Worker:
             box = sandbox.adopt_sandbox(
                 container_id=session.container_id, runtime=session.runtime, limits=limits
             )
+            if box is not None:
+                prepare_sandbox(box)  # idempotent: keeps the zygote setting after a worker restart
             if box is None:
                 session_services.session_mark_dead(session_pk=session.pk, reason="its container is gone")
                 raise SandboxError("the session's container is gone; delete the session and start a new one")
@@ -307,6 +310,7 @@ class Worker:
                 },
             )
             box.tenant = session.tenant.slug
+            prepare_sandbox(box)
             session_services.session_attach_container(session_pk=session.pk, container_id=box.container_id)
         else:
             raise SandboxError("the session has no sandbox yet")

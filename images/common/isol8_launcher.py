@@ -511,8 +511,21 @@ class OutputPump:
         return max(0.0, self.last_flush + COALESCE_SECONDS - time.monotonic())
 
 
+def close_fds_except(keep: set[int]) -> None:
+    """Close every descriptor from 3 up, except those in ``keep``."""
+    low = 3
+    for fd in sorted(k for k in keep if k >= 3):
+        os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, 65536)
+
+
 def spawn(
-    argv: list[str], env: dict[str, str], cwd: str, prepare: Callable[[], None] | None
+    argv: list[str],
+    env: dict[str, str],
+    cwd: str,
+    prepare: Callable[[], None] | None,
+    keep_fd: int | None = None,
 ) -> tuple[int, int, int, int, int]:
     """Start ``argv`` as the code user in its own session.
 
@@ -536,8 +549,9 @@ def spawn(
             os.dup2(in_r, 0)
             os.dup2(out_w, 1)
             os.dup2(err_w, 2)
-            os.closerange(3, status_w)
-            os.closerange(status_w + 1, 65536)
+            close_fds_except({status_w} if keep_fd is None else {status_w, keep_fd})
+            if keep_fd is not None:
+                os.set_inheritable(keep_fd, True)  # pipes are close-on-exec by default
             for sig in (signal.SIGPIPE, signal.SIGINT, signal.SIGTERM, signal.SIGCHLD):
                 signal.signal(sig, signal.SIG_DFL)
             if prepare is not None:
@@ -572,6 +586,136 @@ def spawn(
     return pid, in_w, out_r, err_r, pidfd
 
 
+# The program a python zygote runs: it waits, already initialised, for one run
+# (argv, env, cwd as JSON on the descriptor named in argv[1]), then runs the
+# script as `python3 script` would: __main__, sys.argv, sys.path[0], the user
+# site directory, exit status, and tracebacks without the zygote's own frames.
+ZYGOTE_SOURCE = r"""
+import os, sys
+def _isol8_wait(fd):
+    import json
+    data = b""
+    while True:
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            break
+        data += chunk
+    os.close(fd)
+    if not data:
+        os._exit(0)
+    req = json.loads(data)
+    os.environ.clear()
+    os.environ.update(req["env"])
+    os.chdir(req["cwd"])
+    sys.argv[:] = req["argv"][1:]
+    sys.path[0] = os.path.dirname(os.path.abspath(sys.argv[0]))
+    import site
+    if site.ENABLE_USER_SITE:
+        user_site = site.getusersitepackages()
+        if os.path.isdir(user_site) and user_site not in sys.path:
+            site.addsitedir(user_site)
+    return sys.argv[0]
+_isol8_script = _isol8_wait(int(sys.argv[1]))
+del _isol8_wait
+import runpy
+try:
+    runpy.run_path(_isol8_script, run_name="__main__")
+except SystemExit:
+    raise
+except BaseException as _isol8_exc:
+    _isol8_tb = _isol8_exc.__traceback__
+    while _isol8_tb is not None and _isol8_tb.tb_frame.f_code.co_filename != _isol8_script:
+        _isol8_tb = _isol8_tb.tb_next
+    _isol8_exc.__traceback__ = _isol8_tb
+    sys.excepthook(type(_isol8_exc), _isol8_exc, _isol8_tb)
+    sys.exit(1)
+"""
+# Variables read when an interpreter starts: a zygote only serves runs whose
+# values for these equal the ones it was started with.
+STARTUP_ENV_PREFIXES = ("PYTHON", "LC_", "LANG", "TZ", "HOME", "PATH")
+
+
+def startup_env(env: dict[str, str]) -> dict[str, str]:
+    return {k: v for k, v in env.items() if k.startswith(STARTUP_ENV_PREFIXES)}
+
+
+class Zygote:
+    """A python3 interpreter started ahead of its run, as the code user.
+
+    Starting CPython costs ~20 ms in a container; a zygote pays that while the
+    launcher waits for the next request. Each one serves exactly one run (or
+    is dismissed), so nothing of one run is left in the next one's process.
+    """
+
+    def __init__(self, argv: list[str], env: dict[str, str]) -> None:
+        self.env = env
+        ctl_r, self.ctl = os.pipe()
+        try:
+            self.pid, self.stdin, self.stdout, self.stderr, self.pidfd = spawn(
+                [*argv, "-c", ZYGOTE_SOURCE, str(ctl_r)], env, SANDBOX, None, keep_fd=ctl_r
+            )
+        finally:
+            os.close(ctl_r)
+
+    def alive(self) -> bool:
+        ready, _, _ = select.select([self.pidfd], [], [], 0)
+        return not ready
+
+    def serves(self, env: dict[str, str]) -> bool:
+        return self.alive() and startup_env(env) == startup_env(self.env)
+
+    def launch(self, argv: list[str], env: dict[str, str], cwd: str) -> tuple[int, int, int, int, int]:
+        data = json.dumps({"argv": argv, "env": env, "cwd": cwd}).encode()
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self.ctl, view) :]
+        os.close(self.ctl)
+        return self.pid, self.stdin, self.stdout, self.stderr, self.pidfd
+
+    def dismiss(self) -> None:
+        """Let an unused zygote exit (it sees EOF) and reap it."""
+        for fd in (self.ctl, self.stdin, self.stdout, self.stderr):
+            os.close(fd)
+        try:
+            os.waitpid(self.pid, 0)
+        except ChildProcessError:
+            pass
+        os.close(self.pidfd)
+
+
+# Requests that arrived while a run was in progress, served in order after it.
+PENDING: list[dict[str, Any]] = []
+# Set by the "zygote" operation (python sandboxes in serve mode).
+ZYGOTE_CONFIG: dict[str, Any] | None = None
+ZYGOTE: Zygote | None = None
+
+
+def take_zygote(env: dict[str, str]) -> Zygote | None:
+    """The waiting zygote if it can serve a run with this environment."""
+    global ZYGOTE
+    zygote, ZYGOTE = ZYGOTE, None
+    if zygote is not None and not zygote.serves(env):
+        zygote.dismiss()
+        return None
+    return zygote
+
+
+def ensure_zygote() -> None:
+    """Have a zygote waiting for the next run (after a run, a reset or a kill)."""
+    global ZYGOTE
+    if ZYGOTE_CONFIG is None:
+        return
+    if ZYGOTE is not None and ZYGOTE.alive():
+        return
+    if ZYGOTE is not None:
+        ZYGOTE.dismiss()
+    try:
+        ZYGOTE = Zygote(ZYGOTE_CONFIG["argv"], ZYGOTE_CONFIG["env"])
+    except OpError as exc:
+        ZYGOTE = None
+        print(f"isol8 launcher: zygote failed: {exc.message}", file=sys.stderr)
+
+
 def run_program(
     argv: list[str],
     *,
@@ -583,10 +727,16 @@ def run_program(
     kinds: tuple[bytes, bytes],
     kill_leftovers: bool,
     prepare: Callable[[], None] | None = None,
+    zygote: Zygote | None = None,
 ) -> dict[str, Any]:
     """Run one program to completion and stream its output; returns its outcome."""
     started = time.monotonic()
-    pid, in_w, out_r, err_r, pidfd = spawn(argv, env, cwd, prepare)
+    if zygote is not None:
+        if prepare is not None:
+            as_code_user(prepare)
+        pid, in_w, out_r, err_r, pidfd = zygote.launch(argv, env, cwd)
+    else:
+        pid, in_w, out_r, err_r, pidfd = spawn(argv, env, cwd, prepare)
     pump = OutputPump(kinds, max_output)
     sel = selectors.DefaultSelector()
     os.set_blocking(in_w, False)
@@ -625,9 +775,12 @@ def run_program(
                     ctl = None
                 if ctl is None:
                     sel.unregister(0)  # the worker closed its side; the deadline still holds
-                elif ctl.get("op") == "cancel" and not cancelled:
-                    cancelled = True
-                    kill_code_user()
+                elif ctl.get("op") == "cancel":
+                    if not cancelled:
+                        cancelled = True
+                        kill_code_user()
+                else:
+                    PENDING.append(ctl)  # a request sent ahead: served after this run
             elif tag == "in":
                 try:
                     stdin_view = stdin_view[os.write(in_w, stdin_view[:READ_CHUNK]) :]
@@ -734,6 +887,7 @@ def op_run(req: dict[str, Any]) -> None:
                 outcome["phase"] = "setup"
         if not outcome.get("phase"):
             stdin = base64.b64decode(req.get("stdin") or "")
+            zygote = take_zygote(env) if req.get("zygote") else None
             outcome = run_program(
                 req["argv"],
                 env=env,
@@ -744,7 +898,9 @@ def op_run(req: dict[str, Any]) -> None:
                 kinds=(b"o", b"e"),
                 kill_leftovers=kill_leftovers,
                 prepare=None if setup else prepare,
+                zygote=zygote,
             )
+            outcome["zygote"] = zygote is not None
             outcome["phase"] = "code"
             paths = req.get("outputPaths") or []
             if paths and not outcome["timedOut"] and not outcome["cancelled"]:
@@ -866,11 +1022,21 @@ def op_kill(_: dict[str, Any]) -> dict[str, Any]:
     return {"clean": kill_code_user()}
 
 
+def op_zygote(req: dict[str, Any]) -> dict[str, Any]:
+    """Keep a pre-started interpreter (argv, env) waiting for python runs."""
+    global ZYGOTE_CONFIG
+    if running_as_code_user():
+        raise OpError("bad_request", "zygotes only exist in serve mode")
+    ZYGOTE_CONFIG = {"argv": list(req["argv"]), "env": dict(req["env"])}
+    return {}
+
+
 OPS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "reset": op_reset,
     "get_file": op_get_file,
     "put_file": op_put_file,
     "kill": op_kill,
+    "zygote": op_zygote,
     "ping": lambda req: {"pong": req.get("nonce")},
 }
 
@@ -916,7 +1082,7 @@ def main() -> int:
         return 2
     while True:
         try:
-            req = read_request(0)
+            req = PENDING.pop(0) if PENDING else read_request(0)
         except (OpError, ValueError) as exc:
             # A malformed request means the stream is out of sync: stop, and
             # let the worker replace this container.
@@ -925,6 +1091,9 @@ def main() -> int:
         if req is None:
             return 0
         handle(req)
+        # After the answer went out: a run used the zygote, a reset or kill
+        # killed it; start the next one while the worker has nothing to ask.
+        ensure_zygote()
 
 
 if __name__ == "__main__":

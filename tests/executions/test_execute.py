@@ -206,3 +206,39 @@ def test_history_keeps_the_run(api, tenant):
     assert row.stdout == "kept\n"
     assert row.started_at and row.finished_at and row.created_at <= row.started_at <= row.finished_at
     assert row.worker_host and row.container_id and row.duration_ms is not None
+
+
+def test_python_runs_exactly_like_python3_script(api):
+    """The launcher's pre-started interpreter must be indistinguishable from `python3 file`."""
+    code = (
+        "import sys, os, atexit\n"
+        "atexit.register(lambda: print('atexit'))\n"
+        "print(__name__, sys.argv, sys.path[0], os.getcwd(), sys.flags.hash_randomization)\n"
+    )
+    body = run(api, {"runtime": "python", "code": code}).json()
+    assert body["stdout"] == "__main__ ['/sandbox/main.py'] /sandbox /sandbox 1\natexit"
+
+
+def test_python_traceback_shows_only_the_users_frames(api):
+    body = run(api, {"runtime": "python", "code": "def f():\n    raise ValueError('boom')\nf()\n"}).json()
+    assert body["exitCode"] == 1
+    assert body["stderr"].splitlines() == [
+        "Traceback (most recent call last):",
+        '  File "/sandbox/main.py", line 3, in <module>',
+        "    f()",
+        '  File "/sandbox/main.py", line 2, in f',
+        "    raise ValueError('boom')",
+        "ValueError: boom",
+    ]
+    syntax = run(api, {"runtime": "python", "code": "print((\n"}).json()
+    assert syntax["exitCode"] == 1
+    assert syntax["stderr"].startswith('  File "/sandbox/main.py", line 1')
+    assert syntax["stderr"].endswith("SyntaxError: '(' was never closed")
+    message = run(api, {"runtime": "python", "code": "import sys; sys.exit('bye')"}).json()
+    assert (message["exitCode"], message["stderr"]) == (1, "bye")
+
+
+def test_python_startup_variables_from_env_take_effect(api):
+    body = run(api, {"runtime": "python", "code": "import sys; print(sys.flags.hash_randomization)",
+                     "env": {"PYTHONHASHSEED": "0"}}).json()
+    assert body["stdout"] == "0"
