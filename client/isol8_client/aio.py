@@ -39,6 +39,7 @@ class AsyncRemoteIsol8:
     ) -> None:
         self.host = proto.normalize_host(host)
         self.session_id = session_id
+        self.last_execution_id: str | None = None  # see RemoteIsol8.last_execution_id
         self.options = proto.options_to_wire(options)
         self.retry_policy = proto.RetryPolicy(retry, max_retries, max_retry_wait)
         self._http = httpx.AsyncClient(
@@ -135,6 +136,10 @@ class AsyncRemoteIsol8:
         )
         return self._stream(self._body(request))
 
+    async def cancel(self, execution_id: str) -> None:
+        """Kill a queued or running execution (POST /executions/{id}/cancel)."""
+        await self._call("POST", f"/executions/{execution_id}/cancel")
+
     # -- sessions and files --------------------------------------------------
 
     async def put_file(self, path: str, content: bytes | str) -> None:
@@ -192,6 +197,7 @@ class AsyncRemoteIsol8:
             except httpx.TransportError as exc:
                 raise proto.connection_error(exc, self.host) from exc
             if response.is_success:
+                self.last_execution_id = response.headers.get("X-Execution-Id")
                 return response
             try:
                 await response.aread()

@@ -212,7 +212,16 @@ def cmd_run(args: argparse.Namespace, transport: httpx.BaseTransport | None) -> 
     client = connect(args, transport, session_id, **run_options(args))
     try:
         if args.stream:
-            return stream_to_terminal(client.execute_stream(**source))
+            try:
+                return stream_to_terminal(client.execute_stream(**source))
+            except KeyboardInterrupt:
+                # Ctrl-C stops the program on the server too, not just our stream.
+                if client.last_execution_id:
+                    try:
+                        client.cancel(client.last_execution_id)
+                    except Isol8Error:
+                        pass
+                raise
         return print_result(client.execute(**source))
     finally:
         # An explicit --session-id is the user's to keep; a generated one is ours to delete.

@@ -43,6 +43,9 @@ class RemoteIsol8:
     ) -> None:
         self.host = proto.normalize_host(host)
         self.session_id = session_id
+        # The id of the execution most recently started with execute_stream()
+        # (the server's X-Execution-Id), so a caller can cancel() it.
+        self.last_execution_id: str | None = None
         self.options = proto.options_to_wire(options)
         self.retry_policy = proto.RetryPolicy(retry, max_retries, max_retry_wait)
         self._http = httpx.Client(
@@ -143,6 +146,14 @@ class RemoteIsol8:
         )
         return self._stream(self._body(request))
 
+    def cancel(self, execution_id: str) -> None:
+        """Kill a queued or running execution (POST /executions/{id}/cancel).
+
+        Closing a stream does not stop its program on the server (it keeps
+        running into the history); this does.
+        """
+        self._call("POST", f"/executions/{execution_id}/cancel")
+
     # -- sessions and files --------------------------------------------------
 
     def put_file(self, path: str, content: bytes | str) -> None:
@@ -199,6 +210,7 @@ class RemoteIsol8:
             except httpx.TransportError as exc:
                 raise proto.connection_error(exc, self.host) from exc
             if response.is_success:
+                self.last_execution_id = response.headers.get("X-Execution-Id")
                 return response
             try:
                 response.read()

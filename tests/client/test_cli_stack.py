@@ -56,6 +56,23 @@ def test_run_streams_output_live(env: dict[str, str]) -> None:
     assert ended_at - first_at > 1.0
 
 
+def test_ctrl_c_cancels_the_program_on_the_server(env: dict[str, str], stack: Stack) -> None:
+    code = "import time\nprint('started', flush=True)\ntime.sleep(600)\n"
+    proc = subprocess.Popen([str(ISOL8), "run", "-e", code], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    assert proc.stdout is not None
+    assert proc.stdout.readline() == b"started\n"
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=30) == 130
+    with stack.client(env["ISOL8_API_KEY"]) as api:
+        deadline = time.monotonic() + 10
+        latest = api.get("/executions").json()["results"][0]
+        while latest["status"] == "running" and time.monotonic() < deadline:
+            time.sleep(0.2)
+            latest = api.get("/executions").json()["results"][0]
+    assert latest["status"] == "cancelled"
+
+
 def test_run_keeps_stdout_and_stderr_apart(env: dict[str, str]) -> None:
     run = isol8("run", "--cmd", "echo out; echo err >&2; exit 5", env=env)
     assert (run.returncode, run.stdout, run.stderr) == (5, "out\n", "err\n")
