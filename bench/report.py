@@ -153,9 +153,9 @@ def machine_header(facts: dict[str, Any]) -> str:
     )
 
 
-def error_details(results: list[RuntimeResult]) -> str:
+def error_details(results: list[RuntimeResult], failed: dict[str, str]) -> str:
     """The first failure messages of every figure that had any, so errors are never silent."""
-    lines = []
+    lines = [f"  {runtime}: not measured: {why}" for runtime, why in failed.items()]
     for result in results:
         named: list[tuple[str, Series | None]] = [
             ("host process", result.host), ("exec_run", result.baseline),

@@ -31,7 +31,7 @@ from bench.machine import load_average, machine_facts
 from bench.measure import Series, Throughput, sequential, throughput
 from bench.programs import PROGRAMS, Program
 from bench.report import RuntimeResult, error_details, machine_header, runtime_table, write_json
-from bench.stack import BenchEnv, Stack, bench_env, remove_containers, setup_django
+from bench.stack import BenchEnv, Stack, bench_env, pin_images, remove_containers, setup_django
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/14"
 
@@ -175,13 +175,20 @@ def run_benchmark(
             problem = probes.server_healthy(url)
             if problem:
                 raise SystemExit(f"{url} is not healthy: {problem}")
+            pin_images(args.runtimes)
         else:
             say(f"starting the stack ({args.mode} mode, worker host {env.host}, logs in {env.log_dir})")
-            stack = Stack(env=env, worker_threads=max(8, *plan.concurrency))
+            stack = Stack(env=env, worker_threads=max(8, *plan.concurrency), runtimes=args.runtimes)
             stack.start()
             url, key = stack.url, stack.key
         facts = machine_facts(mode=args.mode, url=args.url)
-        results = [measure_runtime(PROGRAMS[rt], plan, url, key, env) for rt in args.runtimes]
+        results = []
+        for runtime in args.runtimes:
+            try:
+                results.append(measure_runtime(PROGRAMS[runtime], plan, url, key, env))
+            except Exception as exc:  # noqa: BLE001 - one runtime's failure must not lose the others
+                say(f"{runtime}: measurement failed: {type(exc).__name__}: {exc}")
+                facts.setdefault("failed_runtimes", {})[runtime] = f"{type(exc).__name__}: {exc}"
         facts["load_average_end"] = load_average()
         return facts, results
     finally:
@@ -198,7 +205,7 @@ def report(facts: dict[str, Any], results: list[RuntimeResult], plan: Plan, *, m
         print()
         print(runtime_table(result, runs=plan.runs, warmup=plan.warmup))
     print()
-    print(error_details(results))
+    print(error_details(results, facts.get("failed_runtimes", {})))
     document = {
         "started_at": started_at.isoformat(), "duration_s": round(elapsed, 1),
         "plan": {"warmup": plan.warmup, "runs": plan.runs, "concurrency": plan.concurrency},
@@ -225,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
         facts, results = run_benchmark(args, plan, env)
         report(facts, results, plan, mode=args.mode, started_at=started_at,
                elapsed=time.monotonic() - clock)
-        errors = sum(r.errors() for r in results)
+        errors = sum(r.errors() for r in results) + len(facts.get("failed_runtimes", {}))
         keep_logs = keep_logs and errors > 0
         return 1 if errors else 0
     finally:

@@ -123,6 +123,7 @@ class Stack:
 
     env: BenchEnv
     worker_threads: int
+    runtimes: list[str]
     url: str = ""
     key: str = ""
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
@@ -131,6 +132,7 @@ class Stack:
     def start(self) -> None:
         manage("migrate", "--noinput", "-v", "0")
         manage("build_images", capture=False)  # a no-op when the images are up to date
+        pin_images(self.runtimes)
         manage("tenant_create", TENANT, "--exist-ok", "--name", "Benchmark")
         raise_quotas(TENANT)
         self.key = manage("apikey_create", TENANT, "--name", "bench").strip()
@@ -196,6 +198,22 @@ def stop_process(proc: subprocess.Popen[bytes]) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+def pin_images(runtimes: list[str]) -> None:
+    """Fix the baseline's image names now, and check that those images exist.
+
+    Image names carry a hash of images/ that each process computes once. Taken
+    right after ``build_images``, they match what was built and what the
+    worker starting now uses, even if someone edits images/ during the run.
+    """
+    from executions import sandbox
+
+    missing = sandbox.missing_images(runtimes)
+    if missing:
+        raise RuntimeError(
+            f"sandbox images missing: {', '.join(missing)} (run `python manage.py build_images`)"
+        )
 
 
 def remove_containers(hosts: list[str]) -> int:
