@@ -15,6 +15,7 @@ from rest_framework.views import APIView
 
 from executions import events, selectors, services
 from executions.models import FINISHED, Execution, Status
+from executions.packages import check_allowed, validate_packages
 from executions.validation import ExecuteSerializer, build_spec, resolve_limits
 from isol8_site.celery import host_queue
 from isol8_site.errors import not_found, validation_error
@@ -47,6 +48,9 @@ class ExecuteBase(APIView):
         options = data.get("options", {})
         limits = resolve_limits(tenant=principal.tenant, request=data["request"], options=options)
         spec = build_spec(data["request"], options)
+        # Package names are checked before anything runs (400), then the policy (403).
+        spec.install_packages = validate_packages(runtime=spec.runtime, packages=spec.install_packages)
+        check_allowed(allowed=principal.tenant.allow_installs, packages=spec.install_packages)
         execution_id = uuid.uuid4()
         session = None
         if data.get("sessionId"):

@@ -53,6 +53,8 @@ class Execution(models.Model):
     timed_out = models.BooleanField(default=False)
     error = models.TextField(blank=True)
     files = models.JSONField(null=True, blank=True)
+    # Where installPackages came from: "install" (first time), "cache", "prebuilt:<tag>".
+    package_source = models.CharField(max_length=200, blank=True)
 
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     started_at = models.DateTimeField(null=True, blank=True)

@@ -32,7 +32,7 @@ from executions.spec import Limits
 
 logger = logging.getLogger(__name__)
 
-Key = tuple[str, tuple[object, ...]]  # (runtime, container profile)
+Key = tuple[str, tuple[object, ...]]  # (runtime or prebuilt image, container profile)
 UNASSIGNED = "unassigned"
 RESET_WAIT_SECONDS = 0.25
 
@@ -101,9 +101,11 @@ class SandboxPool:
 
     # ------------------------------------------------------------- acquire
 
-    def acquire(self, *, tenant: str, runtime: str, limits: Limits, labels: dict[str, str]) -> Sandbox:
+    def acquire(
+        self, *, tenant: str, runtime: str, limits: Limits, labels: dict[str, str], image: str | None = None
+    ) -> Sandbox:
         """A clean sandbox for ``tenant``: its own reset one, a warm one, or a new one."""
-        key: Key = (runtime, limits.container_profile())
+        key: Key = (image or runtime, limits.container_profile())
         with self._lock:
             deadline = time.monotonic() + RESET_WAIT_SECONDS
             while True:
@@ -126,7 +128,7 @@ class SandboxPool:
                 return box
         # Nothing ready: start one now (the cold path, ~200-300 ms).
         box = sandbox.create_sandbox(
-            runtime=runtime, limits=limits, labels={sandbox.LABEL_TENANT: tenant, **labels}
+            runtime=runtime, limits=limits, labels={sandbox.LABEL_TENANT: tenant, **labels}, image=image
         )
         box.tenant = tenant
         self._prepare(box)
@@ -145,7 +147,7 @@ class SandboxPool:
         if not reusable or box.broken or self._closed:
             self._janitor.submit(box.destroy)
             return
-        slot = (box.tenant, (box.runtime, box.limits.container_profile()))
+        slot = (box.tenant, (box.image or box.runtime, box.limits.container_profile()))
         with self._lock:
             self._resetting[slot] = self._resetting.get(slot, 0) + 1
         try:

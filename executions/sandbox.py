@@ -95,6 +95,16 @@ def seccomp_profile() -> str:
 # ---------------------------------------------------------------------- images
 
 
+def extra_ca_files() -> list[Path]:
+    """Local CA certificates the images must trust (ISOL8_EXTRA_CA_DIR).
+
+    Machines whose egress goes through a TLS-intercepting proxy trust its CA
+    locally; package installs inside the sandboxes need it too.
+    """
+    folder = Path(settings.ISOL8_EXTRA_CA_DIR)
+    return sorted(folder.glob("*.crt")) if folder.is_dir() else []
+
+
 @cache
 def image_hash(runtime: str) -> str:
     """Content hash of what the runtime's image is built from, and the base image.
@@ -104,7 +114,8 @@ def image_hash(runtime: str) -> str:
     """
     images = Path(settings.ISOL8_IMAGES_DIR)
     digest = hashlib.sha256(settings.ISOL8_BASE_IMAGE.encode())
-    for path in sorted([images / runtime / "Dockerfile", *sorted((images / "common").iterdir())]):
+    sources = [images / runtime / "Dockerfile", *sorted((images / "common").iterdir())]
+    for path in [*sources, *extra_ca_files()]:
         digest.update(path.name.encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()[:12]
@@ -159,11 +170,25 @@ def build_image(runtime: str, *, log: Callable[[str], None], force: bool = False
         log(f"{name} is up to date")
         return name
     log(f"building {name}")
-    images = Path(settings.ISOL8_IMAGES_DIR)
+    with tempfile.TemporaryDirectory(prefix="isol8-build-") as context:
+        # The build context: images/ plus the local CA certificates in common/ca/.
+        shutil.copytree(settings.ISOL8_IMAGES_DIR, context, dirs_exist_ok=True)
+        ca_dir = Path(context) / "common" / "ca"
+        ca_dir.mkdir(exist_ok=True)
+        for cert in extra_ca_files():
+            shutil.copy(cert, ca_dir / cert.name)
+        _build(name, runtime, context, log)
+    return name
+
+
+def _build(name: str, runtime: str, context: str, log: Callable[[str], None]) -> None:
+    dockerfile = f"{runtime}/Dockerfile"
+    if not (Path(context) / dockerfile).exists():
+        dockerfile = "Dockerfile"
     try:
         for chunk in client().api.build(
-            path=str(images),
-            dockerfile=f"{runtime}/Dockerfile",
+            path=context,
+            dockerfile=dockerfile,
             tag=name,
             buildargs={"BASE_IMAGE": settings.ISOL8_BASE_IMAGE},
             labels={LABEL_MANAGED: "true", LABEL_IMAGE: runtime},
@@ -178,20 +203,30 @@ def build_image(runtime: str, *, log: Callable[[str], None], force: bool = False
                 log(f"  {text}")
     except docker.errors.APIError as exc:
         raise SandboxError(f"building {name}: {exc}") from exc
-    return name
 
 
 # ------------------------------------------------------------------ containers
 
 
 def hardened_config(
-    *, runtime: str, limits: Limits, labels: dict[str, str], mode: str
+    *,
+    runtime: str,
+    limits: Limits,
+    labels: dict[str, str],
+    mode: str,
+    egress: bool = False,
+    image: str | None = None,
 ) -> dict[str, Any]:
-    """``containers.create`` arguments: sandbox.md's hardening baseline, every control."""
+    """``containers.create`` arguments: sandbox.md's hardening baseline, every control.
+
+    ``egress`` is only for package installers: their network is the internal
+    egress network, whose only way out is the allow-list proxy. User code never
+    runs in such a container.
+    """
     inodes = settings.ISOL8_INODES
     config: dict[str, Any] = {
-        "image": image_name(runtime),
-        "network_mode": "none",
+        "image": image or image_name(runtime),
+        "network_mode": EGRESS_NETWORK if egress else "none",
         "read_only": True,
         "tmpfs": {
             "/tmp": f"rw,noexec,nosuid,nodev,size={limits.tmp_size},nr_inodes={inodes}",
@@ -404,6 +439,8 @@ class Sandbox:
     broken: bool = False
     # The launcher is resetting on its own after a run; its reply is still to be read.
     reset_pending: bool = False
+    image: str | None = None  # a prebuilt image, when not the runtime's own
+    installed: set[str] = field(default_factory=set)  # package sets unpacked (sessions)
 
     def call(self, request: dict[str, Any], timeout: float) -> Iterator[Frame]:
         """Send one request; yield its frames. Any failure marks the sandbox broken."""
@@ -417,6 +454,7 @@ class Sandbox:
 
     def reset(self, timeout: float = 10.0) -> bool:
         """Make the sandbox clean for its tenant's next run; False when it cannot be."""
+        self.installed.clear()  # the reset empties /sandbox, packages included
         if self.reset_pending:
             self.reset_pending = False
             reply = self.pending_reply(timeout)
@@ -474,12 +512,23 @@ class Sandbox:
 
 
 def create_sandbox(
-    *, runtime: str, limits: Limits, labels: dict[str, str], mode: str | None = None
+    *,
+    runtime: str,
+    limits: Limits,
+    labels: dict[str, str],
+    mode: str | None = None,
+    egress: bool = False,
+    image: str | None = None,
 ) -> Sandbox:
     """Create and start a hardened container; returns once its launcher can take requests."""
     mode = mode or settings.ISOL8_SANDBOX_MODE
     config = hardened_config(
-        runtime=runtime, limits=limits, labels={LABEL_RUNTIME: runtime, LABEL_MODE: mode, **labels}, mode=mode
+        runtime=runtime,
+        limits=limits,
+        labels={LABEL_RUNTIME: runtime, LABEL_MODE: mode, **labels},
+        mode=mode,
+        egress=egress,
+        image=image,
     )
     try:
         container = client().containers.create(**config)
@@ -504,7 +553,7 @@ def create_sandbox(
         remove_container(container.id)
         raise SandboxError(f"starting a container failed: {exc}") from exc
     return Sandbox(
-        container_id=container.id, runtime=runtime, limits=limits, mode=mode, transport=transport
+        container_id=container.id, runtime=runtime, limits=limits, mode=mode, transport=transport, image=image
     )
 
 
@@ -534,6 +583,104 @@ def remove_container(container_id: str) -> None:
     except docker.errors.APIError as exc:
         if exc.status_code != 409:  # 409: removal already in progress
             logger.warning("removing container %s failed: %s", container_id[:12], exc)
+
+
+# --------------------------------------------------------------- prebuilt
+
+
+PREBUILT_INSTALL = {
+    "python": ["python3", "-m", "pip", "install", "--no-cache-dir", "--break-system-packages",
+               "--disable-pip-version-check"],
+    "node": ["npm", "install", "--global", "--no-audit", "--no-fund"],
+}
+
+
+def build_prebuilt(*, tag: str, runtime: str, packages: list[str], log: Callable[[str], None]) -> None:
+    """Bake ``packages`` into ``tag`` on top of the runtime's image (isol8's prebuiltImages).
+
+    Skipped when ``tag`` exists and was built from the current runtime image
+    with the same packages. Build-time installs are the operator's own config,
+    so they use the build's network directly.
+    """
+    base = image_name(runtime)
+    wanted = ",".join(sorted(packages))
+    try:
+        existing = client().images.get(tag)
+        labels = existing.labels or {}
+        if labels.get("isol8.base") == base and labels.get("isol8.packages") == wanted:
+            log(f"{tag} is up to date")
+            return
+    except docker.errors.ImageNotFound:
+        pass
+    log(f"building prebuilt image {tag} ({runtime}: {wanted})")
+    install = json.dumps([*PREBUILT_INSTALL[runtime], *packages])
+    dockerfile = "\n".join([
+        f"FROM {base}",
+        "USER root",
+        "ENV NODE_EXTRA_CA_CERTS=/etc/ssl/certs/ca-certificates.crt",
+        f"RUN {install}",
+        f'LABEL isol8.managed="true" isol8.base="{base}" isol8.packages="{wanted}" isol8.prebuilt="{tag}"',
+    ])
+    with tempfile.TemporaryDirectory(prefix="isol8-prebuilt-") as context:
+        (Path(context) / "Dockerfile").write_text(dockerfile + "\n")
+        _build(tag, runtime, context, log)
+
+
+# ------------------------------------------------------------------ egress
+
+
+EGRESS_NETWORK = "isol8-egress"
+PROXY_ALIAS = "isol8-proxy"
+PROXY_PORT = 3128
+LABEL_ROLE = "isol8.role"
+_egress_lock = threading.Lock()
+
+
+def egress_proxy_url() -> str:
+    return f"http://{PROXY_ALIAS}:{PROXY_PORT}"
+
+
+def ensure_egress() -> str:
+    """The internal egress network and this host's allow-list proxy on it; its id.
+
+    The network is ``internal`` (Docker gives it no route out); the proxy is
+    on it and on the default bridge, and lets CONNECT through only to the
+    hosts of ISOL8_EGRESS_ALLOW.
+    """
+    with _egress_lock:
+        docker_client = client()
+        networks = docker_client.networks.list(names=[EGRESS_NETWORK])
+        network = next((n for n in networks if n.name == EGRESS_NETWORK), None)
+        if network is None:
+            network = docker_client.networks.create(
+                EGRESS_NETWORK, driver="bridge", internal=True, labels={LABEL_MANAGED: "true"}
+            )
+        running = list_managed(host=settings.ISOL8_WORKER_HOST, role="egress-proxy")
+        alive = [c for c in running if c.status == "running"]
+        for stale in running:
+            if stale not in alive:
+                remove_container(stale.id)
+        if alive:
+            return alive[0].id
+        proxy = docker_client.containers.create(
+            image_name("python"),
+            [*LAUNCHER_ARGV[:2], "/opt/isol8/isol8_egress_proxy.py"],
+            user=KEEPALIVE_USER,
+            read_only=True,
+            cap_drop=["ALL"],
+            security_opt=["no-new-privileges", f"seccomp={seccomp_profile()}"],
+            mem_limit=256 * 1024 * 1024,
+            pids_limit=64,
+            environment={
+                "ISOL8_EGRESS_ALLOW": ",".join(settings.ISOL8_EGRESS_ALLOW),
+                "ISOL8_EGRESS_PORT": str(PROXY_PORT),
+            },
+            labels={LABEL_MANAGED: "true", LABEL_HOST: settings.ISOL8_WORKER_HOST, LABEL_ROLE: "egress-proxy"},
+            detach=True,
+        )
+        network.connect(proxy, aliases=[PROXY_ALIAS])
+        proxy.start()
+        return str(proxy.id)
 
 
 @dataclass(frozen=True)

@@ -209,6 +209,7 @@ def execution_spec(*, execution: Execution) -> tuple[ExecutionSpec, Limits]:
         setup_script=req.get("setupScript", ""),
         metadata=req.get("metadata", {}),
         secrets=secrets,
+        install_packages=req.get("installPackages", []),
     )
     return spec, Limits.from_json(execution.limits)
 
@@ -232,6 +233,7 @@ def execution_finish(*, execution: Execution, result: RunResult) -> None:
         "finished_at": now,
         "duration_ms": result.duration_ms,
         "container_id": result.container_id,
+        "package_source": result.package_source,
     }
     updated = Execution.objects.filter(pk=execution.pk, status=Status.RUNNING).update(**fields)
     quotas.release(
@@ -261,6 +263,8 @@ def reply_for(execution: Execution, result: RunResult) -> Reply:
         )
     if result.error_code == "docker_unavailable":
         return Reply(503, {"error": result.error, "code": "unavailable"})
+    if result.error_code == "install_failed":
+        return Reply(422, {"error": result.error, "code": "install_failed"})
     return Reply(200, result_payload(execution))
 
 
@@ -278,6 +282,10 @@ def _publish_end(execution: Execution, result: RunResult) -> None:
     code = str(result.exit_code if result.exit_code is not None else 1)
     if result.setup_failed:
         events.publish(exec_id, "error", f"Setup script failed (exit code {code})", "setup")
+        events.publish(exec_id, "exit", code, "setup")
+        return
+    if result.error_code == "install_failed":
+        events.publish(exec_id, "error", result.error, "setup")
         events.publish(exec_id, "exit", code, "setup")
         return
     if result.status == Status.TIMEOUT:

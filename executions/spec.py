@@ -55,6 +55,7 @@ class ExecutionSpec:
     setup_script: str = ""
     metadata: dict[str, str] = field(default_factory=dict)
     secrets: dict[str, str] = field(default_factory=dict)
+    install_packages: list[str] = field(default_factory=list)
 
     def stored_request(self) -> dict[str, Any]:
         """The request as the history keeps it: secret values are never stored."""
@@ -67,6 +68,7 @@ class ExecutionSpec:
             "workdir": self.workdir,
             "setupScript": self.setup_script,
             "metadata": self.metadata,
+            "installPackages": self.install_packages,
             "secretNames": sorted(self.secrets),
         }
         return {k: v for k, v in data.items() if v}
@@ -92,3 +94,4 @@ class RunResult:
     container_id: str = ""
     # Setup-script failure: the API answers 422 setup_failed with this message.
     setup_failed: bool = False
+    package_source: str = ""

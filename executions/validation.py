@@ -135,10 +135,6 @@ class RequestSerializer(StrictSerializer):
                 403, "policy_denied",
                 "Remote code fetching is disabled on this server; send the code itself",
             )
-        if attrs.get("installPackages"):
-            raise ApiError(
-                403, "policy_denied", "installPackages is not enabled on this server"
-            )
         return attrs
 
 
@@ -274,4 +270,5 @@ def build_spec(request: dict[str, Any], options: dict[str, Any]) -> ExecutionSpe
         setup_script=request.get("setupScript", ""),
         metadata=request.get("metadata", {}),
         secrets=options.get("secrets", {}),
+        install_packages=request.get("installPackages", []),
     )

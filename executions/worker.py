@@ -8,6 +8,7 @@ worker is ready, ``stop()`` when it shuts down (see isol8_site/celery.py).
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import threading
@@ -20,7 +21,7 @@ from django.conf import settings
 from django.db import close_old_connections
 from django.utils import timezone
 
-from executions import events, sandbox, services
+from executions import events, packages, sandbox, services
 from executions.models import Execution, Status
 from executions.pool import SandboxPool
 from executions.runner import Publish, RunHandle, prepare_sandbox, run_in_sandbox
@@ -112,7 +113,7 @@ class Worker:
         self.cancel_all()
         self.pool.close()
         get_redis().hdel(heartbeat_key(), self.host)
-        remove_orphans(keep=self.session_container_ids())
+        remove_orphans(keep=self.session_container_ids(), proxies=True)
 
     def heartbeat(self) -> None:
         self.docker_ok = sandbox.docker_ping()
@@ -192,12 +193,14 @@ class Worker:
             if execution.session_id is not None:
                 self._run_in_session(execution, spec, limits, handle, publish)
                 return
+            prebuilt = packages.covering_image(runtime=spec.runtime, packages=spec.install_packages)
             try:
                 box = self.pool.acquire(
                     tenant=execution.tenant.slug,
                     runtime=spec.runtime,
                     limits=limits,
                     labels={sandbox.LABEL_EXECUTION: execution_id},
+                    image=prebuilt.tag if prebuilt else None,
                 )
             except DockerUnavailableError as exc:
                 result = RunResult(status="error", error=str(exc), error_code="docker_unavailable")
@@ -206,16 +209,7 @@ class Worker:
             else:
                 with self.lock:
                     self.busy[execution_id] = box
-                result = run_in_sandbox(
-                    box,
-                    spec,
-                    limits,
-                    in_session=False,
-                    max_file_bytes=settings.ISOL8_FILE_MAX_BYTES,
-                    history_max=settings.ISOL8_HISTORY_MAX_OUTPUT,
-                    publish=publish,
-                    handle=handle,
-                )
+                result = self._execute(box, execution, spec, limits, handle, publish, in_session=False)
             services.execution_finish(execution=execution, result=result)
         except Exception as exc:
             logger.exception("execution %s failed in the worker", execution_id)
@@ -248,25 +242,21 @@ class Worker:
         assert session is not None
         try:
             try:
-                box = self._session_sandbox(session, create=True)
+                prebuilt = packages.covering_image(runtime=spec.runtime, packages=spec.install_packages)
+                box = self._session_sandbox(session, create=True, image=prebuilt.tag if prebuilt else None)
             except DockerUnavailableError as exc:
                 result = RunResult(status="error", error=str(exc), error_code="docker_unavailable")
             except SandboxError as exc:
                 result = RunResult(status="error", error=f"Session sandbox unavailable: {exc}")
             else:
-                result = run_in_sandbox(
-                    box,
-                    spec,
-                    limits,
-                    in_session=True,
-                    max_file_bytes=settings.ISOL8_FILE_MAX_BYTES,
-                    history_max=settings.ISOL8_HISTORY_MAX_OUTPUT,
-                    publish=publish,
-                    handle=handle,
-                )
+                result = self._execute(box, execution, spec, limits, handle, publish, in_session=True)
                 self._after_session_run(session, box)
+            # Free the session before the client hears the result, so a client
+            # that sends its next run at once does not find it busy.
+            session_services.session_release(session_pk=session.pk, owner=execution.pk)
             services.execution_finish(execution=execution, result=result)
         finally:
+            # A no-op when released above (the release is conditional on the owner).
             session_services.session_release(session_pk=session.pk, owner=execution.pk)
 
     def _after_session_run(self, session: Session, box: Sandbox) -> None:
@@ -284,7 +274,70 @@ class Worker:
         self._forget_session(session.pk, destroy=True)
         session_services.session_mark_dead(session_pk=session.pk, reason="its sandbox failed")
 
-    def _session_sandbox(self, session: Session, *, create: bool) -> Sandbox:
+    def _execute(
+        self,
+        box: Sandbox,
+        execution: Execution,
+        spec: ExecutionSpec,
+        limits: Limits,
+        handle: RunHandle,
+        publish: Publish | None,
+        *,
+        in_session: bool,
+    ) -> RunResult:
+        """Install the run's packages into ``box`` when it needs them, then run it."""
+        source = ""
+        if spec.install_packages:
+            prebuilt = packages.covering_image(runtime=spec.runtime, packages=spec.install_packages)
+            if prebuilt is not None and box.image == prebuilt.tag:
+                source = f"prebuilt:{prebuilt.tag}"
+                if prebuilt.setup_script:
+                    spec.setup_script = f"{prebuilt.setup_script}\n{spec.setup_script}"
+            else:
+                try:
+                    source = self._install(box, execution.tenant.slug, spec, publish)
+                except packages.InstallError as exc:
+                    return RunResult(
+                        status="error",
+                        error=str(exc),
+                        error_code="install_failed",
+                        exit_code=exc.exit_code,
+                        container_id=box.container_id,
+                    )
+        result = run_in_sandbox(
+            box,
+            spec,
+            limits,
+            in_session=in_session,
+            max_file_bytes=settings.ISOL8_FILE_MAX_BYTES,
+            history_max=settings.ISOL8_HISTORY_MAX_OUTPUT,
+            publish=publish,
+            handle=handle,
+        )
+        result.package_source = source
+        return result
+
+    def _install(self, box: Sandbox, tenant: str, spec: ExecutionSpec, publish: Publish | None) -> str:
+        """Unpack the (cached, or now installed) package set into ``box``; where it came from."""
+        key = packages.set_key(runtime=spec.runtime, packages=spec.install_packages)
+        if key in box.installed:
+            return "cache"
+        archive, cached = packages.package_archive(
+            tenant=tenant,
+            runtime=spec.runtime,
+            packages=spec.install_packages,
+            on_output=(lambda name, text: publish(name, text, "setup")) if publish else None,
+        )
+        try:
+            reply = box.request({"op": "put_tar", "content": base64.b64encode(archive).decode()}, timeout=120)
+        except SandboxError as exc:
+            raise packages.InstallError(f"Package install failed: {exc}", 1) from exc
+        if not reply.get("ok"):
+            raise packages.InstallError(f"Package install failed: {reply.get('error')}", 1)
+        box.installed.add(key)
+        return "cache" if cached else "install"
+
+    def _session_sandbox(self, session: Session, *, create: bool, image: str | None = None) -> Sandbox:
         """The session's sandbox on this host: known, re-attached, or (first run) new."""
         with self.lock:
             box = self.sessions.get(session.pk)
@@ -308,6 +361,7 @@ class Worker:
                     sandbox.LABEL_SESSION: str(session.pk),
                     sandbox.LABEL_TENANT: session.tenant.slug,
                 },
+                image=image,
             )
             box.tenant = session.tenant.slug
             prepare_sandbox(box)
@@ -365,7 +419,7 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def remove_orphans(*, keep: set[str], min_age: float = 0.0) -> int:
+def remove_orphans(*, keep: set[str], min_age: float = 0.0, proxies: bool = False) -> int:
     """Remove this host's containers that no live run, pool or session owns."""
     removed = 0
     try:
@@ -376,6 +430,8 @@ def remove_orphans(*, keep: set[str], min_age: float = 0.0) -> int:
     for container in containers:
         if container.id in keep or time.time() - container.created < min_age:
             continue
+        if container.labels.get(sandbox.LABEL_ROLE) == "egress-proxy" and not proxies:
+            continue  # this host's shared egress proxy: removed only when the worker stops
         sandbox.remove_container(container.id)
         removed += 1
     if removed:

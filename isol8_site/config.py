@@ -63,11 +63,22 @@ class Cleanup:
 
 
 @dataclass(frozen=True)
+class PrebuiltImage:
+    """isol8's prebuiltImages entry: a runtime with packages baked in at build time."""
+
+    tag: str
+    runtime: str
+    packages: tuple[str, ...]
+    setup_script: str = ""
+
+
+@dataclass(frozen=True)
 class ServerConfig:
     max_concurrent: int = 10
     pool_size: int = 2
     defaults: Defaults = field(default_factory=Defaults)
     cleanup: Cleanup = field(default_factory=Cleanup)
+    prebuilt_images: tuple[PrebuiltImage, ...] = ()
     source: str = "(built-in defaults)"
 
 
@@ -95,7 +106,7 @@ def _check_keys(obj: object, allowed: set[str], name: str) -> dict[str, Any]:
 def parse_config(raw: object, *, source: str) -> ServerConfig:
     """Validate an already-decoded config object."""
     top = _check_keys(
-        raw, {"$schema", "maxConcurrent", "defaults", "cleanup", "poolSize", "port"}, "config"
+        raw, {"$schema", "maxConcurrent", "defaults", "cleanup", "poolSize", "port", "prebuiltImages"}, "config"
     )
     max_concurrent = _int(top, "maxConcurrent", "maxConcurrent", minimum=1, maximum=10_000)
     pool_size = _int(top, "poolSize", "poolSize", minimum=0, maximum=100)
@@ -151,8 +162,36 @@ def parse_config(raw: object, *, source: str) -> ServerConfig:
         pool_size=ServerConfig.pool_size if pool_size is None else pool_size,
         defaults=defaults,
         cleanup=cleanup,
+        prebuilt_images=_prebuilt(top.get("prebuiltImages", [])),
         source=source,
     )
+
+
+TAG_RE = re.compile(r"^[a-z0-9][a-z0-9._/-]*(:[A-Za-z0-9._-]+)?$")
+PREBUILT_RUNTIMES = ("python", "node")
+
+
+def _prebuilt(raw: object) -> tuple[PrebuiltImage, ...]:
+    if not isinstance(raw, list):
+        raise ConfigError("prebuiltImages: expected a list")
+    images = []
+    for index, item in enumerate(raw):
+        name = f"prebuiltImages[{index}]"
+        entry = _check_keys(item, {"tag", "runtime", "installPackages", "setupScript"}, name)
+        tag = entry.get("tag")
+        if not isinstance(tag, str) or not TAG_RE.match(tag):
+            raise ConfigError(f"{name}.tag: expected an image tag like \"isol8-py-data:1\", got {tag!r}")
+        runtime = entry.get("runtime")
+        if runtime not in PREBUILT_RUNTIMES:
+            raise ConfigError(f"{name}.runtime: expected one of {', '.join(PREBUILT_RUNTIMES)}, got {runtime!r}")
+        packages = entry.get("installPackages", [])
+        if not isinstance(packages, list) or not all(isinstance(p, str) and p for p in packages):
+            raise ConfigError(f"{name}.installPackages: expected a list of package names")
+        setup = entry.get("setupScript", "")
+        if not isinstance(setup, str):
+            raise ConfigError(f"{name}.setupScript: expected a string")
+        images.append(PrebuiltImage(tag=tag, runtime=runtime, packages=tuple(packages), setup_script=setup))
+    return tuple(images)
 
 
 def load_config(path: str | None = None) -> ServerConfig:

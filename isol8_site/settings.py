@@ -200,6 +200,9 @@ ISOL8_RUN_QUEUE = env("ISOL8_RUN_QUEUE", "isol8.run")
 ISOL8_BASE_IMAGE = env("ISOL8_BASE_IMAGE", "isol8-base:bookworm")
 ISOL8_DEBIAN_MIRROR = env("ISOL8_DEBIAN_MIRROR", "http://deb.debian.org/debian")
 ISOL8_IMAGE_PREFIX = env("ISOL8_IMAGE_PREFIX", "isol8-sandbox")
+# CA certificates (*.crt) added to the images' trust store, for machines whose
+# egress is a TLS-intercepting proxy; an empty or missing folder adds nothing.
+ISOL8_EXTRA_CA_DIR = env("ISOL8_EXTRA_CA_DIR", "/usr/local/share/ca-certificates")
 ISOL8_IMAGES_DIR = BASE_DIR / "images"
 # Runtimes this server runs (each needs its image; see build_images).
 ISOL8_RUNTIMES = [r for r in env("ISOL8_RUNTIMES", "python,node,bash").split(",") if r]
@@ -233,6 +236,17 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = ISOL8_FILE_BODY_MAX
 ISOL8_HISTORY_MAX_OUTPUT = env_int("ISOL8_HISTORY_MAX_OUTPUT", 1024 * 1024)
 # How long a queued run may wait for a worker before it fails with 503.
 ISOL8_QUEUE_TIMEOUT = env_float("ISOL8_QUEUE_TIMEOUT", 30.0)
+# Package installs (installPackages): the registries the egress proxy lets
+# installers reach, where installed package sets are cached (per tenant and set),
+# and how long one install may take.
+ISOL8_EGRESS_ALLOW = [
+    h for h in env(
+        "ISOL8_EGRESS_ALLOW", "pypi.org,files.pythonhosted.org,registry.npmjs.org,jsr.io,npm.jsr.io"
+    ).split(",") if h
+]
+ISOL8_PACKAGE_CACHE = Path(env("ISOL8_PACKAGE_CACHE", str(DATA_DIR / "packages")))
+ISOL8_INSTALL_TIMEOUT_MS = env_int("ISOL8_INSTALL_TIMEOUT_MS", 300_000)
+ISOL8_MAX_PACKAGES = env_int("ISOL8_MAX_PACKAGES", 50)
 # Requests waiting for a global slot (maxConcurrent) beyond this many get 503 at once.
 ISOL8_MAX_QUEUE_DEPTH = env_int("ISOL8_MAX_QUEUE_DEPTH", 100)
 # Extra time past the run's own timeout before the service gives up on a worker.

@@ -88,6 +88,10 @@ class Tenant(models.Model):
     allowed_networks = models.JSONField(
         default=default_networks, help_text='Network modes a request may pick; "none" is the default.'
     )
+    allow_installs = models.BooleanField(
+        default=False,
+        help_text="May use installPackages (installs reach only the package registries, via the egress proxy).",
+    )
     monthly_seconds = models.PositiveIntegerField(
         null=True, blank=True, help_text="Execution seconds per calendar month; empty = unlimited."
     )

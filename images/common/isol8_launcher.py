@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import base64
 import errno
+import io
 import json
 import os
 import posixpath
@@ -43,6 +44,7 @@ import signal
 import stat
 import struct
 import sys
+import tarfile
 import time
 from typing import Any, Callable
 
@@ -1018,6 +1020,54 @@ def op_put_file(req: dict[str, Any]) -> dict[str, Any]:
     return {}
 
 
+def op_get_tar(req: dict[str, Any]) -> dict[str, Any]:
+    """A gzipped tar of some paths under /sandbox (an installer's packages)."""
+    names = [str(n) for n in req["paths"]]
+    max_bytes = int(req.get("maxBytes", 256 * 1024 * 1024))
+
+    def pack() -> str:
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w:gz", compresslevel=1) as tar:
+            for name in names:
+                parts = sandbox_parts(name)
+                path = posixpath.join(SANDBOX, *parts)
+                if os.path.lexists(path):
+                    tar.add(path, arcname=posixpath.join(*parts))
+        if buffer.tell() > max_bytes:
+            raise OpError("payload_too_large", f"packages take more than {max_bytes} bytes")
+        return base64.b64encode(buffer.getvalue()).decode()
+
+    return {"content": as_code_user(pack)}
+
+
+def op_put_tar(req: dict[str, Any]) -> dict[str, Any]:
+    """Unpack a gzipped tar into /sandbox, as the code user (installed packages)."""
+    data = base64.b64decode(req["content"])
+
+    def unpack() -> None:
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
+            members = []
+            for member in tar.getmembers():
+                # Only plain files, directories and links that stay beneath /sandbox;
+                # the code user could not write anywhere else anyway.
+                target = posixpath.normpath(posixpath.join(SANDBOX, member.name))
+                if not target.startswith(SANDBOX + "/") or member.isdev():
+                    continue
+                members.append(member)
+            try:
+                tar.extractall(SANDBOX, members=members, filter="data")
+            except TypeError:  # a Python without extraction filters
+                tar.extractall(SANDBOX, members=members)
+
+    try:
+        as_code_user(unpack)
+    except OpError as exc:
+        if "No space" in exc.message:
+            raise OpError("sandbox_full", "no space left in /sandbox for the packages") from None
+        raise
+    return {}
+
+
 def op_kill(_: dict[str, Any]) -> dict[str, Any]:
     return {"clean": kill_code_user()}
 
@@ -1036,6 +1086,8 @@ OPS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "get_file": op_get_file,
     "put_file": op_put_file,
     "kill": op_kill,
+    "get_tar": op_get_tar,
+    "put_tar": op_put_tar,
     "zygote": op_zygote,
     "ping": lambda req: {"pong": req.get("nonce")},
 }

@@ -13,6 +13,8 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from executions import sandbox
+from executions.packages import build_prebuilt_images
+from isol8_site.errors import ApiError
 
 
 class Command(BaseCommand):
@@ -33,5 +35,6 @@ class Command(BaseCommand):
             sandbox.ensure_base_image(self.stdout.write)
             for runtime in runtimes:
                 sandbox.build_image(runtime, log=self.stdout.write, force=opts["force"])
-        except sandbox.SandboxError as exc:
+            build_prebuilt_images(self.stdout.write)
+        except (sandbox.SandboxError, ApiError) as exc:
             raise CommandError(str(exc)) from exc

@@ -22,8 +22,10 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from executions import sandbox
+from executions.packages import build_prebuilt_images
 from isol8_site.celery import host_queue
 from isol8_site.config import ConfigError, load_config
+from isol8_site.errors import ApiError
 from sessions_app.models import Session, SessionState
 from tenants.services import tenant_ensure_default
 
@@ -62,6 +64,11 @@ class Command(BaseCommand):
         if not 1 <= opts["port"] <= 65535:
             raise CommandError(f"invalid port {opts['port']}")
         self.check_prerequisites()
+        try:
+            # isol8 builds missing prebuiltImages at startup; so does this.
+            build_prebuilt_images(self.stdout.write)
+        except (sandbox.SandboxError, ApiError) as exc:
+            raise CommandError(f"building prebuiltImages failed: {exc}") from exc
         call_command("migrate", interactive=False, verbosity=0)
         tenant_ensure_default()
 
