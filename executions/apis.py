@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 from urllib.parse import urlencode
 
-from django.http import StreamingHttpResponse
+from django.http import HttpResponse, StreamingHttpResponse
 from django.utils.dateparse import parse_datetime
 from rest_framework import serializers
 from rest_framework.request import Request
@@ -17,9 +16,8 @@ from executions import events, selectors, services
 from executions.models import FINISHED, Execution, Status
 from executions.packages import check_allowed, validate_packages
 from executions.validation import ExecuteSerializer, build_spec, resolve_limits
-from isol8_site.celery import host_queue
 from isol8_site.errors import not_found, validation_error
-from sessions_app.services import session_claim_for_execution, session_release, sessions_stop_idle
+from sessions_app.services import sessions_stop_idle
 from tenants.authentication import IsMaster, principal_of
 
 PAGE_SIZE = 50
@@ -51,43 +49,26 @@ class ExecuteBase(APIView):
         # Package names are checked before anything runs (400), then the policy (403).
         spec.install_packages = validate_packages(runtime=spec.runtime, packages=spec.install_packages)
         check_allowed(allowed=principal.tenant.allow_installs, packages=spec.install_packages)
-        execution_id = uuid.uuid4()
-        session = None
-        if data.get("sessionId"):
-            session = session_claim_for_execution(
-                tenant=principal.tenant,
-                session_id=data["sessionId"],
-                runtime=spec.runtime,
-                limits=limits,
-                execution_id=execution_id,
-            )
-        try:
-            execution = services.execution_create(
-                execution_id=execution_id,
-                tenant=principal.tenant,
-                spec=spec,
-                limits=limits,
-                streamed=self.streamed,
-                session=session,
-            )
-        except BaseException:
-            if session is not None:
-                session_release(session_pk=session.pk, owner=execution_id)
-            raise
-        # A session's runs go to the worker that holds its container.
-        queue = host_queue(session.worker_host) if session is not None and session.worker_host else None
-        services.execution_enqueue(execution=execution, queue=queue)
-        return execution
+        return services.execution_start(
+            tenant=principal.tenant,
+            spec=spec,
+            limits=limits,
+            streamed=self.streamed,
+            session_id=data.get("sessionId"),
+        )
 
 
 class ExecuteApi(ExecuteBase):
     """POST /execute: run and wait for the result."""
 
-    def post(self, request: Request) -> Response:
+    def post(self, request: Request) -> HttpResponse:
         execution = self.start(request)
-        reply = services.execution_wait(execution=execution)
-        headers = {"Retry-After": "5"} if reply.status == 503 else None
-        return Response(reply.body, status=reply.status, headers=headers)
+        status, body = services.execution_wait(execution=execution)
+        # The worker's JSON goes out as it came (no decode and re-encode).
+        response = HttpResponse(body, status=status, content_type="application/json")
+        if status == 503:
+            response["Retry-After"] = "5"
+        return response
 
 
 class ExecuteStreamApi(ExecuteBase):

@@ -156,16 +156,22 @@ def _acquire_script() -> Any:
     return _script
 
 
-def release(*, tenant_slug: str, execution_id: str, seconds: float = 0.0) -> None:
-    """Free the execution's slot and charge its run time to the month."""
+def release(*, tenant_slug: str, execution_id: str, seconds: float = 0.0, pipe: Any = None) -> None:
+    """Free the execution's slot and charge its run time to the month.
+
+    With ``pipe`` the commands join a caller's pipeline (one round trip with
+    the result push on the hot path) and the caller executes it.
+    """
     running, _, month = _keys(tenant_slug)
-    pipe = get_redis().pipeline(transaction=False)
+    own = pipe is None
+    pipe = get_redis().pipeline(transaction=False) if own else pipe
     pipe.zrem(running, execution_id)
     pipe.zrem(_cluster_key("global"), execution_id)
     if seconds > 0:
         pipe.incrbyfloat(month, seconds)
         pipe.expire(month, 40 * 86400)
-    pipe.execute()
+    if own:
+        pipe.execute()
 
 
 @dataclass(frozen=True)

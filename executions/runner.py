@@ -79,6 +79,7 @@ def build_request(
         files.append([code_path, base64.b64encode(spec.code.encode()).decode()])
         argv = runtime.argv(code_path)
     env = dict(BASE_ENV)
+    env.update(runtime.env)
     env.update(spec.secrets)
     env.update(spec.env)
     request: dict[str, Any] = {

@@ -33,6 +33,7 @@ class Runtime:
     name: str
     extension: str
     command: tuple[str, ...]  # the program file's path is appended
+    env: tuple[tuple[str, str], ...] = ()  # added to BASE_ENV for this runtime
 
     def argv(self, path: str) -> list[str]:
         return [*self.command, path]
@@ -52,6 +53,8 @@ RUNTIMES: dict[str, Runtime] = {
                 "deno", "run", "--allow-read=/sandbox,/tmp", "--allow-write=/sandbox,/tmp",
                 "--allow-env", "--allow-net",
             ),
+            # Deno colours its stderr even into a pipe; results are text, not a terminal.
+            env=(("NO_COLOR", "1"),),
         ),
     )
 }

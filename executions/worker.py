@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -18,7 +19,7 @@ from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import close_old_connections
+from django.db import close_old_connections, connections
 from django.utils import timezone
 
 from executions import events, packages, sandbox, services
@@ -86,6 +87,13 @@ class Worker:
     # ------------------------------------------------------------ lifecycle
 
     def start(self) -> None:
+        # Worker threads live long: let each keep its database connection
+        # instead of opening one per run (the web's per-request threads cannot).
+        connections["default"].settings_dict["CONN_MAX_AGE"] = settings.ISOL8_WORKER_DB_CONN_MAX_AGE
+        # Runs block on sockets and wake up often; with CPython's default 5 ms
+        # switch interval a waking run thread can wait that long for the GIL
+        # behind the pool's housekeeping threads.
+        sys.setswitchinterval(settings.ISOL8_WORKER_SWITCH_INTERVAL)
         # Whatever this host was running before it (re)started is lost.
         lost = Execution.objects.filter(status=Status.RUNNING, worker_host=self.host)
         for exec_id in lost.values_list("pk", flat=True):
@@ -179,7 +187,7 @@ class Worker:
 
     def run(self, execution_id: str) -> None:
         """Run one queued execution end to end (the body of the Celery task)."""
-        close_old_connections()
+        close_old_connections()  # keeps a healthy connection (CONN_MAX_AGE, see start())
         execution = services.execution_claim(execution_id=execution_id)
         if execution is None:
             return  # cancelled while queued, or another worker has it
@@ -243,7 +251,9 @@ class Worker:
         try:
             try:
                 prebuilt = packages.covering_image(runtime=spec.runtime, packages=spec.install_packages)
-                box = self._session_sandbox(session, create=True, image=prebuilt.tag if prebuilt else None)
+                box = self._session_sandbox(
+                    session, tenant=execution.tenant.slug, create=True, image=prebuilt.tag if prebuilt else None
+                )
             except DockerUnavailableError as exc:
                 result = RunResult(status="error", error=str(exc), error_code="docker_unavailable")
             except SandboxError as exc:
@@ -251,9 +261,7 @@ class Worker:
             else:
                 result = self._execute(box, execution, spec, limits, handle, publish, in_session=True)
                 self._after_session_run(session, box)
-            # Free the session before the client hears the result, so a client
-            # that sends its next run at once does not find it busy.
-            session_services.session_release(session_pk=session.pk, owner=execution.pk)
+            # execution_finish frees the session before the client hears the result.
             services.execution_finish(execution=execution, result=result)
         finally:
             # A no-op when released above (the release is conditional on the owner).
@@ -337,7 +345,9 @@ class Worker:
         box.installed.add(key)
         return "cache" if cached else "install"
 
-    def _session_sandbox(self, session: Session, *, create: bool, image: str | None = None) -> Sandbox:
+    def _session_sandbox(
+        self, session: Session, *, tenant: str, create: bool, image: str | None = None
+    ) -> Sandbox:
         """The session's sandbox on this host: known, re-attached, or (first run) new."""
         with self.lock:
             box = self.sessions.get(session.pk)
@@ -359,11 +369,11 @@ class Worker:
                 limits=limits,
                 labels={
                     sandbox.LABEL_SESSION: str(session.pk),
-                    sandbox.LABEL_TENANT: session.tenant.slug,
+                    sandbox.LABEL_TENANT: tenant,
                 },
                 image=image,
             )
-            box.tenant = session.tenant.slug
+            box.tenant = tenant
             prepare_sandbox(box)
             session_services.session_attach_container(session_pk=session.pk, container_id=box.container_id)
         else:
@@ -380,11 +390,11 @@ class Worker:
 
     def session_file_op(self, *, session_pk: int, op_id: str, op: dict[str, Any]) -> None:
         """Run one file operation in a session's sandbox and push the answer to the web."""
-        close_old_connections()
+        close_old_connections()  # keeps a healthy connection (CONN_MAX_AGE, see start())
         status, body = 500, {"error": "internal error", "code": "internal_error"}
         try:
             session = Session.objects.select_related("tenant").get(pk=session_pk)
-            box = self._session_sandbox(session, create=False)
+            box = self._session_sandbox(session, tenant=session.tenant.slug, create=False)
             reply = box.request(op, timeout=60.0)
             if reply.get("ok"):
                 status, body = 200, {k: v for k, v in reply.items() if k != "ok"}

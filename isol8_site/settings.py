@@ -126,7 +126,7 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # (no deadlock on lock upgrade), and the timeout waits for it instead of
     # failing with "database is locked".
     DATABASES["default"]["OPTIONS"] = {
-        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA temp_store=MEMORY;",
         "transaction_mode": "IMMEDIATE",
         "timeout": 30,
     }
@@ -205,7 +205,7 @@ ISOL8_IMAGE_PREFIX = env("ISOL8_IMAGE_PREFIX", "isol8-sandbox")
 ISOL8_EXTRA_CA_DIR = env("ISOL8_EXTRA_CA_DIR", "/usr/local/share/ca-certificates")
 ISOL8_IMAGES_DIR = BASE_DIR / "images"
 # Runtimes this server runs (each needs its image; see build_images).
-ISOL8_RUNTIMES = [r for r in env("ISOL8_RUNTIMES", "python,node,bash").split(",") if r]
+ISOL8_RUNTIMES = [r for r in env("ISOL8_RUNTIMES", "python,node,bash,bun,deno").split(",") if r]
 # "launcher" runs code through the in-container launcher over the attached
 # stdin/stdout; "exec" does one `docker exec` per run (the fallback path).
 ISOL8_SANDBOX_MODE = env("ISOL8_SANDBOX_MODE", "launcher")
@@ -218,6 +218,11 @@ ISOL8_POOL_SIZE = env_int("ISOL8_POOL_SIZE", ISOL8_CONFIG.pool_size)
 # runtime, and how long they may stay idle.
 ISOL8_TENANT_IDLE_MAX = env_int("ISOL8_TENANT_IDLE_MAX", 4)
 ISOL8_TENANT_IDLE_SECONDS = env_int("ISOL8_TENANT_IDLE_SECONDS", 120)
+# Seconds a worker thread keeps its database connection (web requests never do:
+# each ASGI request runs in a thread of its own).
+ISOL8_WORKER_DB_CONN_MAX_AGE = env_int("ISOL8_WORKER_DB_CONN_MAX_AGE", 300)
+# GIL switch interval of worker processes (seconds); see Worker.start().
+ISOL8_WORKER_SWITCH_INTERVAL = env_float("ISOL8_WORKER_SWITCH_INTERVAL", 0.0005)
 # Threads in the Celery worker: runs in flight at once on this host.
 ISOL8_WORKER_CONCURRENCY = env_int("ISOL8_WORKER_CONCURRENCY", max(4, ISOL8_CONFIG.max_concurrent))
 
