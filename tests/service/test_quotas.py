@@ -13,6 +13,7 @@ import pytest
 
 from executions import sandbox
 from executions.models import Execution
+from executions.worker import alive_hosts
 from tests.conftest import ROOT, free_port, make_key, run
 
 pytestmark = pytest.mark.stack
@@ -107,6 +108,9 @@ def test_max_concurrent_caps_runs_across_two_workers(stack, tenant, tmp_path):
     try:
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 30
+        # Both workers must be up (heartbeating) before the runs start.
+        while time.monotonic() < deadline and second_host not in alive_hosts():
+            time.sleep(0.2)
         while time.monotonic() < deadline:
             try:
                 if httpx.get(f"{url}/health").status_code == 200:
