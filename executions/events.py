@@ -41,6 +41,8 @@ KEY_PREFIX = "isol8:events:"
 # A list whose run never ended (worker killed) still expires after this long.
 SAFETY_TTL = 2 * 24 * 3600
 READ_BATCH = 500
+STREAM_REDIS_CONNECTIONS = 32
+READ_RETRY_SECONDS = 1.0
 
 
 def channel_for(execution_id: object) -> str:
@@ -130,7 +132,12 @@ def _async_redis() -> redis.asyncio.Redis:
     loop = asyncio.get_running_loop()
     client = _async_clients.get(id(loop))
     if client is None:
-        client = redis.asyncio.Redis.from_url(settings.REDIS_URL)
+        # Reads are short: hundreds of streams share a few connections, waiting
+        # for a free one rather than failing when all are momentarily in use.
+        pool = redis.asyncio.BlockingConnectionPool.from_url(
+            settings.REDIS_URL, max_connections=STREAM_REDIS_CONNECTIONS, timeout=30
+        )
+        client = redis.asyncio.Redis(connection_pool=pool)
         _async_clients[id(loop)] = client
     return client
 
@@ -184,7 +191,14 @@ async def stream_events(execution_id: object, *, after: int = 0) -> AsyncIterato
                         break
                     events.append(Event(channel, item.type, item.data, id=int(item.id)))
             if not events:
-                raw = await client.lrange(_key(channel), last_id, last_id + READ_BATCH - 1)
+                try:
+                    raw = await client.lrange(_key(channel), last_id, last_id + READ_BATCH - 1)
+                except redis.RedisError as exc:
+                    # Redis hiccup: the stream stays open and reads again shortly.
+                    logger.warning("reading events of %s failed: %s", channel, exc)
+                    yield ": retrying\n\n"
+                    await asyncio.sleep(READ_RETRY_SECONDS)
+                    continue
                 events = [_decode(channel, last_id + 1 + i, item) for i, item in enumerate(raw)]
             if events:
                 yield "".join(encode(e) for e in events)
