@@ -61,6 +61,24 @@ def test_python_package_installs_then_comes_from_the_cache_and_code_stays_offlin
     assert sources == ["install", "cache"]
 
 
+def test_npm_package_installs_for_node_and_code_stays_offline(api, installer_tenant):
+    code = (
+        "const isNumber = require('is-number');\n"
+        "console.log(isNumber(5), isNumber('x'));\n"
+        "const net = require('net');\n"
+        "const s = net.connect(443, 'registry.npmjs.org');\n"
+        "s.on('connect', () => { console.log('online'); s.destroy(); });\n"
+        "s.on('error', () => console.log('offline'));\n"
+    )
+    request = {"runtime": "node", "code": code, "fileExtension": ".cjs", "installPackages": ["is-number@7.0.0"]}
+    response = run(api, request)
+    assert response.status_code == 200, response.text
+    assert response.json()["stdout"] == "true false\noffline"
+    again = run(api, request).json()
+    assert again["stdout"] == "true false\noffline"
+    assert Execution.objects.get(pk=again["executionId"]).package_source == "cache"
+
+
 def test_a_failed_install_is_a_clear_error(api, installer_tenant):
     response = run(api, {"runtime": "python", "code": "print(1)",
                          "installPackages": ["isol8-no-such-package-4f2b9c"]})
