@@ -84,7 +84,8 @@ class Command(BaseCommand):
             "worker": [
                 python, "-m", "celery", "-A", "isol8_site", "worker", "-P", "threads",
                 "-c", str(settings.ISOL8_WORKER_CONCURRENCY), "-n", f"isol8@{host}",
-                "-Q", f"{settings.ISOL8_RUN_QUEUE},{host_queue(host)}", "-l", "INFO",
+                # WARNING: two INFO lines per task are CPU on every run, and noise.
+                "-Q", f"{settings.ISOL8_RUN_QUEUE},{host_queue(host)}", "-l", "WARNING",
                 "--without-gossip", "--without-mingle",
             ],
         }
