@@ -221,18 +221,20 @@ def kill_code_user() -> bool:
     until /proc shows nothing alive, to be sure.
     """
 
-    def sweep() -> bool:
-        for _ in range(200):
-            try:
-                os.kill(-1, signal.SIGKILL)
-            except ProcessLookupError:
-                return True
-            if not live_code_processes():
-                return True
-            time.sleep(0.005)
-        return False
+    return bool(as_code_user(sweep_code_user))
 
-    return bool(as_code_user(sweep))
+
+def sweep_code_user() -> bool:
+    """As the code user: SIGKILL all its other processes until none is alive."""
+    for _ in range(200):
+        try:
+            os.kill(-1, signal.SIGKILL)
+        except ProcessLookupError:
+            return True
+        if not live_code_processes():
+            return True
+        time.sleep(0.005)
+    return False
 
 
 # ------------------------------------------------------------------- file paths
@@ -1033,15 +1035,7 @@ def op_reset(_: dict[str, Any]) -> dict[str, Any]:
     """
 
     def reset() -> bool:
-        for _ in range(200):
-            try:
-                os.kill(-1, signal.SIGKILL)
-            except ProcessLookupError:
-                break
-            if not live_code_processes():
-                break
-            time.sleep(0.005)
-        else:
+        if not sweep_code_user():
             return False
         wipe_scratch()
         return True

@@ -58,8 +58,11 @@ def test_run_streams_output_live(env: dict[str, str]) -> None:
 
 def test_ctrl_c_cancels_the_program_on_the_server(env: dict[str, str], stack: Stack) -> None:
     code = "import time\nprint('started', flush=True)\ntime.sleep(600)\n"
+    # A shell runs background jobs with SIGINT ignored, and children inherit that
+    # (CI may be such a job): give the CLI the default disposition a terminal gives it.
     proc = subprocess.Popen([str(ISOL8), "run", "-e", code], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
+                            stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.default_int_handler))
     assert proc.stdout is not None
     assert proc.stdout.readline() == b"started\n"
     proc.send_signal(signal.SIGINT)

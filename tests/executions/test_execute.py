@@ -242,3 +242,34 @@ def test_python_startup_variables_from_env_take_effect(api):
     body = run(api, {"runtime": "python", "code": "import sys; print(sys.flags.hash_randomization)",
                      "env": {"PYTHONHASHSEED": "0"}}).json()
     assert body["stdout"] == "0"
+
+
+def test_code_cannot_signal_or_read_the_processes_that_tend_it(api):
+    """The launcher (root) or keep-alive (nobody), docker-init: out of the code's reach."""
+    code = (
+        "import os, signal\n"
+        "others = []\n"
+        "for pid in filter(str.isdigit, os.listdir('/proc')):\n"
+        "    try:\n"
+        "        uid = [l for l in open(f'/proc/{pid}/status') if l.startswith('Uid:')][0].split()[1]\n"
+        "    except OSError:\n"
+        "        continue\n"
+        "    if uid != '1000':\n"
+        "        others.append(int(pid))\n"
+        "outcomes = set()\n"
+        "for pid in others:\n"
+        "    for attempt in (lambda: os.kill(pid, signal.SIGKILL), lambda: os.kill(pid, signal.SIGSTOP),\n"
+        "                    lambda: open(f'/proc/{pid}/environ', 'rb').read(),\n"
+        "                    lambda: open(f'/proc/{pid}/mem', 'rb').read(1),\n"
+        "                    lambda: os.listdir(f'/proc/{pid}/fd')):\n"
+        "        try:\n"
+        "            attempt()\n"
+        "            outcomes.add('allowed')\n"
+        "        except PermissionError:\n"
+        "            outcomes.add('denied')\n"
+        "print(len(others) > 0, sorted(outcomes))\n"
+    )
+    body = run(api, {"runtime": "python", "code": code}).json()
+    assert body["stdout"] == "True ['denied']", body
+    # And the sandbox still serves the next run normally.
+    assert run(api, {"runtime": "python", "code": "print('next')"}).json()["stdout"] == "next"
