@@ -138,8 +138,11 @@ class Stack:
         self.key = manage("apikey_create", TENANT, "--name", "bench").strip()
         port = free_port()
         self.url = f"http://127.0.0.1:{port}"
+        from django.conf import settings
+
+        # As `serve` runs it (ISOL8_WEB_WORKERS uvicorn processes).
         self._spawn("web", ["-m", "uvicorn", "isol8_site.asgi:application", "--port", str(port),
-                            "--no-access-log"])
+                            "--workers", str(settings.ISOL8_WEB_WORKERS), "--no-access-log"])
         host = self.env.host
         queues = f"{self.env.overrides['ISOL8_RUN_QUEUE']},isol8.host.{host}"
         self._spawn("worker", [

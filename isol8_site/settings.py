@@ -218,6 +218,9 @@ ISOL8_POOL_SIZE = env_int("ISOL8_POOL_SIZE", ISOL8_CONFIG.pool_size)
 # runtime, and how long they may stay idle.
 ISOL8_TENANT_IDLE_MAX = env_int("ISOL8_TENANT_IDLE_MAX", 4)
 ISOL8_TENANT_IDLE_SECONDS = env_int("ISOL8_TENANT_IDLE_SECONDS", 120)
+# uvicorn processes `serve` runs: one Python process cannot use a second core,
+# and /execute's CPU is mostly Django, DRF and Celery's publish.
+ISOL8_WEB_WORKERS = env_int("ISOL8_WEB_WORKERS", min(4, os.cpu_count() or 1))
 # Seconds a worker thread keeps its database connection (web requests never do:
 # each ASGI request runs in a thread of its own).
 ISOL8_WORKER_DB_CONN_MAX_AGE = env_int("ISOL8_WORKER_DB_CONN_MAX_AGE", 300)

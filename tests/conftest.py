@@ -106,9 +106,10 @@ def stack(request: pytest.FixtureRequest, django_db_setup: Any, django_db_blocke
     }
     stack = Stack(url=f"http://127.0.0.1:{port}", mode=mode, env=env, log_dir=log_dir)
     web_log = open(log_dir / f"web-{mode}.log", "ab")  # noqa: SIM115
+    # As `serve` runs it: several web processes (streams then cross processes).
     stack.procs["web"] = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "isol8_site.asgi:application", "--port", str(port),
-         "--no-access-log"],
+         "--workers", str(settings.ISOL8_WEB_WORKERS), "--no-access-log"],
         cwd=ROOT, env=env, stdout=web_log, stderr=subprocess.STDOUT,
     )
     stack.start_worker()

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
+import time
 
 import httpx
 import pytest
+
+from tests.conftest import ROOT, free_port
 
 pytestmark = pytest.mark.stack
 
@@ -35,7 +40,33 @@ async def follow(client: httpx.AsyncClient, path: str, opened: asyncio.Event, co
 
 
 def test_one_web_process_holds_500_streams(api, stack, api_key, capsys):
-    web_pid = stack.procs["web"].pid
+    # One uvicorn process of its own (the stack's web runs several), on the same stack.
+    port = free_port()
+    web = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "isol8_site.asgi:application", "--port", str(port), "--no-access-log"],
+        cwd=ROOT, env=stack.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_up(f"http://127.0.0.1:{port}")
+        held(api, stack, api_key, capsys, web.pid, f"http://127.0.0.1:{port}")
+    finally:
+        web.terminate()
+        web.wait()
+
+
+def wait_up(url: str) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"{url} did not come up")
+
+
+def held(api, stack, api_key, capsys, web_pid, url):
     body = {"request": {"runtime": "bash", "code": "sleep 8; echo done", "timeoutMs": 60000}}
     with api.stream("POST", "/execute/stream", json=body) as response:
         execution_id = response.headers["X-Execution-Id"]
@@ -44,7 +75,7 @@ def test_one_web_process_holds_500_streams(api, stack, api_key, capsys):
     async def main() -> tuple[list[list[dict]], int]:
         limits = httpx.Limits(max_connections=STREAMS + 10, max_keepalive_connections=0)
         headers = {"Authorization": f"Bearer {api_key}"}
-        async with httpx.AsyncClient(base_url=stack.url, headers=headers, limits=limits, timeout=120) as client:
+        async with httpx.AsyncClient(base_url=url, headers=headers, limits=limits, timeout=120) as client:
             opened = asyncio.Event()
             counter = [0]
             tasks = [asyncio.create_task(follow(client, f"/executions/{execution_id}/events", opened, counter))

@@ -40,7 +40,7 @@ class Command(BaseCommand):
         parser.add_argument("--host", default=os.environ.get("ISOL8_BIND", "127.0.0.1"))
         parser.add_argument("--key", default=None, help="master key (default: ISOL8_API_KEY)")
         parser.add_argument("--config", default=None, help="isol8.config.json to use")
-        parser.add_argument("--web-workers", type=int, default=1)
+        parser.add_argument("--web-workers", type=int, default=settings.ISOL8_WEB_WORKERS)
         parser.add_argument("--no-beat", action="store_true")
         parser.add_argument(
             "--generate-key", action="store_true", help="make up a master key when none is set"
