@@ -113,10 +113,6 @@ def publish(execution_id: object, event_type: str, data: str, phase: str | None 
     send_event(channel_for(execution_id), event_type, payload)
 
 
-def event_count(execution_id: object) -> int:
-    return RedisEventStorage().get_current_id(channel_for(execution_id))
-
-
 def has_exit(execution_id: object) -> bool:
     last = _redis().lindex(_key(channel_for(execution_id)), -1)
     return last is not None and json.loads(last).get("type") == EXIT

@@ -167,9 +167,6 @@ class SandboxPool:
         if evicted is not None:
             self._janitor.submit(evicted.destroy)
 
-    def discard(self, box: Sandbox) -> None:
-        self._janitor.submit(box.destroy)
-
     # -------------------------------------------------------------- refill
 
     def _deficits(self) -> list[Key]:

@@ -232,10 +232,6 @@ class Worker:
                 with self.lock:
                     self.busy.pop(execution_id, None)
 
-    def running_ids(self) -> set[str]:
-        with self.lock:
-            return set(self.handles)
-
     # -------------------------------------------------------------- sessions
 
     def _run_in_session(
