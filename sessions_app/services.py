@@ -21,6 +21,7 @@ from django.utils import timezone
 
 from executions.quotas import quota_exceeded
 from executions.spec import Limits
+from isol8_site.celery import host_queue
 from isol8_site.errors import ApiError, not_found, validation_error
 from isol8_site.redis import get_redis
 from sessions_app.models import Session, SessionState
@@ -180,12 +181,6 @@ def session_stop(*, session: Session, reason: str = "deleted") -> None:
         stop_session_container.apply_async(
             args=(session.pk, session.container_id,), queue=host_queue(session.worker_host)
         )
-
-
-def host_queue(host: str) -> str:
-    from isol8_site.celery import host_queue as queue_name
-
-    return queue_name(host)
 
 
 def sessions_stop_idle(*, tenant: Tenant | None = None) -> int:
