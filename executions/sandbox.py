@@ -178,7 +178,26 @@ def build_image(runtime: str, *, log: Callable[[str], None], force: bool = False
         for cert in extra_ca_files():
             shutil.copy(cert, ca_dir / cert.name)
         _build(name, runtime, context, log)
+    remove_old_images(runtime, keep=name, log=log)
     return name
+
+
+def remove_old_images(runtime: str, *, keep: str, log: Callable[[str], None]) -> None:
+    """Drop this runtime's earlier builds (other content hashes) that no container uses.
+
+    Only images this project built (its prefix and label) are touched; one a
+    container still runs from (a live session) stays until a later build.
+    """
+    repository = f"{settings.ISOL8_IMAGE_PREFIX}-{runtime}"
+    for image in client().images.list(name=repository, filters={"label": f"{LABEL_MANAGED}=true"}):
+        tags = [t for t in image.tags if t.startswith(f"{repository}:") and t != keep]
+        if not tags or keep in image.tags:
+            continue
+        try:
+            client().images.remove(image.id)
+            log(f"  removed old image {', '.join(tags)}")
+        except docker.errors.APIError:
+            pass  # in use by a container
 
 
 def _build(name: str, runtime: str, context: str, log: Callable[[str], None]) -> None:
