@@ -18,7 +18,7 @@ from executions.models import FINISHED, Execution, Status
 from executions.runner import TIMEOUT_EVENT, TIMEOUT_MARKER, truncation_marker
 from executions.spec import ExecutionSpec, Limits, RunResult
 from isol8_site.celery import host_queue
-from isol8_site.redis import get_redis
+from isol8_site.redis import get_redis, push_reply
 from tenants.models import Tenant
 
 logger = logging.getLogger(__name__)
@@ -43,10 +43,14 @@ class Reply:
     def to_wire(self) -> str:
         return f"{self.status} {json.dumps(self.body, separators=(',', ':'))}"
 
+    def http(self) -> tuple[int, bytes]:
+        """(status, JSON body) as the view sends it."""
+        return self.status, json.dumps(self.body, separators=(",", ":")).encode()
+
     @staticmethod
     def from_wire(raw: bytes | str) -> tuple[int, bytes]:
-        data = raw.encode() if isinstance(raw, str) else raw
-        status, _, body = data.partition(b" ")
+        # The client returns bytes (no decode_responses); str only satisfies the type.
+        status, _, body = (raw.encode() if isinstance(raw, str) else raw).partition(b" ")
         return int(status), body
 
 
@@ -151,9 +155,9 @@ def execution_wait(*, execution: Execution) -> tuple[int, bytes]:
     if started:
         # It may have run: answer with its (failed) result, never "retry", so a
         # client cannot run the same code twice by retrying.
-        return Reply.from_wire(Reply(200, result_payload(execution)).to_wire().encode())
+        return Reply(200, result_payload(execution)).http()
     unavailable = {"error": "No worker could run this execution; try again later", "code": "unavailable"}
-    return Reply.from_wire(Reply(503, unavailable).to_wire().encode())
+    return Reply(503, unavailable).http()
 
 
 def execution_cancel(*, execution: Execution) -> Execution:
@@ -297,13 +301,7 @@ def reply_for(execution: Execution, result: RunResult) -> Reply:
 
 
 def _push_reply(execution: Execution, reply: Reply, pipe: Any = None) -> None:
-    key = RESULT_KEY + str(execution.pk)
-    own = pipe is None
-    pipe = get_redis().pipeline(transaction=False) if own else pipe
-    pipe.rpush(key, reply.to_wire())
-    pipe.expire(key, RESULT_TTL)
-    if own:
-        pipe.execute()
+    push_reply(RESULT_KEY + str(execution.pk), reply.to_wire(), ttl=RESULT_TTL, pipe=pipe)
 
 
 def _publish_end(execution: Execution, result: RunResult) -> None:

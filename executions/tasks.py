@@ -6,7 +6,7 @@ from celery import shared_task
 from django.conf import settings
 
 from executions.worker import get_worker, reap_lost_executions, remove_orphans
-from isol8_site.redis import get_redis
+from isol8_site.redis import push_reply
 
 
 @shared_task(name="isol8.run_execution", ignore_result=True)
@@ -25,7 +25,4 @@ def remove_orphans_now(reply_key: str) -> None:
     """POST /cleanup: remove this host's leaked containers and say how many."""
     # Young containers may be starting for a run right now: spared.
     removed = remove_orphans(keep=get_worker().owned_container_ids(), min_age=settings.ISOL8_ORPHAN_MIN_AGE)
-    pipe = get_redis().pipeline(transaction=False)
-    pipe.rpush(reply_key, removed)
-    pipe.expire(reply_key, 60)
-    pipe.execute()
+    push_reply(reply_key, removed, ttl=60)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import redis
 from django.conf import settings
 
@@ -23,3 +25,16 @@ def get_redis() -> redis.Redis:
             health_check_interval=30,
         )
     return _client
+
+
+def push_reply(key: str, value: str | int, *, ttl: int, pipe: Any = None) -> None:
+    """Hand a reply to whoever waits on ``key`` with BLPOP; it expires if nobody does.
+
+    With ``pipe`` the commands join the caller's pipeline, which the caller executes.
+    """
+    own = pipe is None
+    pipe = get_redis().pipeline(transaction=False) if own else pipe
+    pipe.rpush(key, value)
+    pipe.expire(key, ttl)
+    if own:
+        pipe.execute()

@@ -23,7 +23,7 @@ from executions.quotas import quota_exceeded
 from executions.spec import Limits
 from isol8_site.celery import host_queue
 from isol8_site.errors import ApiError, not_found, validation_error
-from isol8_site.redis import get_redis
+from isol8_site.redis import get_redis, push_reply
 from sessions_app.models import Session, SessionState
 from sessions_app.selectors import live_session_count, session_get
 from tenants.models import Tenant
@@ -242,8 +242,4 @@ def file_request(*, session: Session, op_id: uuid.UUID, op: dict[str, Any]) -> F
 
 
 def file_reply_push(*, op_id: str, status: int, body: dict[str, Any]) -> None:
-    key = FILE_REPLY_KEY + op_id
-    pipe = get_redis().pipeline(transaction=False)
-    pipe.rpush(key, json.dumps({"status": status, "body": body}))
-    pipe.expire(key, 120)
-    pipe.execute()
+    push_reply(FILE_REPLY_KEY + op_id, json.dumps({"status": status, "body": body}), ttl=120)
