@@ -45,10 +45,11 @@ def resolve_workdir(workdir: str) -> str:
 
 
 def prepare_sandbox(box: Sandbox) -> None:
-    """Get a new sandbox ready for its first run: python ones keep a zygote waiting.
+    """Get a new sandbox ready for its first run: python ones get a fork server.
 
-    A zygote is a python3 the launcher starts ahead of each run, so a run does
-    not pay the interpreter's start-up (~20 ms here); see the launcher.
+    The launcher then forks each python run from a python3 it started once, so
+    a run does not pay the interpreter's start-up (~20 ms of CPU here); see
+    ForkServer in the launcher. (The op is still called "zygote".)
     """
     if box.mode == "launcher" and box.runtime == "python" and settings.ISOL8_PYTHON_ZYGOTE:
         box.request({"op": "zygote", "argv": ["python3"], "env": BASE_ENV}, timeout=30.0)
@@ -99,7 +100,7 @@ def build_request(
         # at once also gives their pipes EOF. Sessions keep background processes.
         "killLeftovers": not in_session,
         "resetAfter": reset_after,
-        # The launcher uses its waiting interpreter when it has one whose
+        # The launcher forks the run from its python fork server when that one's
         # start-up environment matches this run's, and starts python3 otherwise.
         "zygote": zygote and spec.runtime == "python" and not spec.cmd.strip(),
     }

@@ -355,7 +355,7 @@ class Worker:
                 container_id=session.container_id, runtime=session.runtime, limits=limits
             )
             if box is not None:
-                prepare_sandbox(box)  # idempotent: keeps the zygote setting after a worker restart
+                prepare_sandbox(box)  # idempotent: keeps the fork-server setting after a worker restart
             if box is None:
                 session_services.session_mark_dead(session_pk=session.pk, reason="its container is gone")
                 raise SandboxError("the session's container is gone; delete the session and start a new one")

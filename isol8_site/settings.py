@@ -209,8 +209,9 @@ ISOL8_RUNTIMES = [r for r in env("ISOL8_RUNTIMES", "python,node,bash,bun,deno").
 # "launcher" runs code through the in-container launcher over the attached
 # stdin/stdout; "exec" does one `docker exec` per run (the fallback path).
 ISOL8_SANDBOX_MODE = env("ISOL8_SANDBOX_MODE", "launcher")
-# Python runs use an interpreter the launcher started ahead of time (a zygote),
-# saving CPython's start-up per run; 0 starts python3 for every run.
+# Python runs are forked from a python3 fork server the launcher keeps in each
+# python sandbox, saving CPython's start-up per run; 0 starts python3 for every
+# run. (The name is from when it was a pre-started interpreter, a "zygote".)
 ISOL8_PYTHON_ZYGOTE = env_bool("ISOL8_PYTHON_ZYGOTE", True)
 # Warm containers kept started per runtime; isol8.config.json's poolSize wins.
 ISOL8_POOL_SIZE = env_int("ISOL8_POOL_SIZE", ISOL8_CONFIG.pool_size)

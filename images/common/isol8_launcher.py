@@ -42,6 +42,7 @@ import posixpath
 import select
 import selectors
 import signal
+import socket
 import stat
 import struct
 import sys
@@ -591,13 +592,66 @@ def spawn(
     return pid, in_w, out_r, err_r, pidfd
 
 
-# The program a python zygote runs: it waits, already initialised, for one run
-# (argv, env, cwd as JSON on the descriptor named in argv[1]), then runs the
-# script as `python3 script` would: __main__, sys.argv, sys.path[0], the user
-# site directory, exit status, and tracebacks without the zygote's own frames.
-ZYGOTE_SOURCE = r"""
-import os, sys, marshal
-from importlib.machinery import SourceFileLoader
+# The program of a python fork server. It starts like `python3` (as root, with
+# the launcher's two capabilities) and never runs user code itself: on request
+# it receives four descriptors (stdin, stdout, stderr, control) and forks. The
+# child drops to the code user, forgets the modules a fresh interpreter would
+# not have, and waits on its control pipe for its run; then it runs the script
+# as `python3 script` would: __main__, sys.argv, sys.path[0], the user site
+# directory, exit status, and tracebacks without our frames. The server writes
+# the child's pid, and its wait status once it ended, to the launcher.
+# A run's data (code, env, files) only ever reaches its own process, so no run
+# can find another's in the memory it inherits.
+FORKSERVER_SOURCE = r"""
+import sys
+_isol8_fresh = set(sys.modules)
+import os, _socket, ctypes
+def _isol8_serve(fd):
+    server = _socket.socket(fileno=fd)
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    while True:
+        try:
+            _, ancdata, _, _ = server.recvmsg(1, _socket.CMSG_SPACE(4 * 4))
+        except OSError:
+            os._exit(0)
+        fds = []
+        for level, kind, data in ancdata:
+            if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
+                fds += [int.from_bytes(data[i:i + 4], sys.byteorder) for i in range(0, len(data) - 3, 4)]
+        if len(fds) != 4:
+            os._exit(0)  # EOF, or not a request of the launcher
+        pid = os.fork()
+        if pid == 0:
+            try:
+                server.close()
+                os.setsid()
+                os.setgroups([])
+                os.setgid(1000)
+                os.setuid(1000)
+                os.umask(0o022)
+                for target, fd in enumerate(fds[:3]):
+                    os.dup2(fd, target)
+                ctl = fds[3]
+                os.closerange(3, ctl)
+                os.closerange(ctl + 1, 65536)
+                return ctl, prctl
+            except BaseException as exc:
+                os.write(fds[2], f"isol8: cannot start the run: {exc}\n".encode())
+                os._exit(127)
+        for fd in fds:
+            os.close(fd)
+        server.sendall(b"%d\n" % pid)
+        _, status = os.waitpid(pid, 0)
+        server.sendall(b"%d\n" % status)
+_isol8_ctl, _isol8_prctl = _isol8_serve(int(sys.argv[1]))
+del _isol8_serve
+def _isol8_forget(fresh):
+    for name in [m for m in sys.modules if m not in fresh]:
+        del sys.modules[name]
+_isol8_forget(_isol8_fresh)
+del _isol8_forget, _isol8_fresh, os, _socket, ctypes
+import os, marshal
+from _frozen_importlib_external import SourceFileLoader
 def _isol8_wait(fd):
     data = bytearray()
     while True:
@@ -608,6 +662,9 @@ def _isol8_wait(fd):
     os.close(fd)
     if not data:
         os._exit(0)
+    # Changing uid made this process non-dumpable (out of reach of other code
+    # user processes while it waited); `python3` run as uid 1000 is dumpable.
+    _isol8_prctl(4, 1, 0, 0, 0)  # PR_SET_DUMPABLE
     req = marshal.loads(bytes(data))
     for path, content in req["files"]:
         os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -652,8 +709,8 @@ def _isol8_run(path):
     main.__builtins__ = __builtins__
     sys.modules["__main__"] = main
     exec(code, main.__dict__)
-_isol8_script = _isol8_wait(int(sys.argv[1]))
-del _isol8_wait
+_isol8_script = _isol8_wait(_isol8_ctl)
+del _isol8_wait, _isol8_ctl, _isol8_prctl
 try:
     _isol8_run(_isol8_script)
 except SystemExit as _isol8_stop:
@@ -673,8 +730,8 @@ except BaseException as _isol8_exc:
     _isol8_exit(1)
 _isol8_exit(0)
 """
-# Variables read when an interpreter starts: a zygote only serves runs whose
-# values for these equal the ones it was started with.
+# Variables read when an interpreter starts: the fork server only serves runs
+# whose values for these equal the ones it was started with.
 STARTUP_ENV_PREFIXES = ("PYTHON", "LC_", "LANG", "TZ", "HOME", "PATH")
 
 
@@ -682,47 +739,125 @@ def startup_env(env: dict[str, str]) -> dict[str, str]:
     return {k: v for k, v in env.items() if k.startswith(STARTUP_ENV_PREFIXES)}
 
 
-class Zygote:
-    """A python3 interpreter started ahead of its run, as the code user.
+class ForkServer:
+    """A python3 started once per sandbox that forks the process of each python run.
 
-    Starting CPython costs ~20 ms in a container; a zygote pays that while the
-    launcher waits for the next request. Each one serves exactly one run (or
-    is dismissed), so nothing of one run is left in the next one's process.
+    Starting CPython costs ~20 ms of CPU in a container; a fork ~1 ms. The
+    server runs as root (the code cannot signal it, read it or ptrace it) and
+    stays pristine: it never runs code or sees a run's data, and every run is
+    a new process, so nothing of one run is left in the next one's.
+
+    The next run's process is forked ahead (``prefork``, after the previous
+    run's answer and reset) and waits, as the code user, for its run; a reset
+    or kill that ends it is noticed and it is forked again.
     """
 
     def __init__(self, argv: list[str], env: dict[str, str]) -> None:
         self.env = env
-        ctl_r, self.ctl = os.pipe()
-        try:
-            self.pid, self.stdin, self.stdout, self.stderr, self.pidfd = spawn(
-                [*argv, "-c", ZYGOTE_SOURCE, str(ctl_r)], env, SANDBOX, None, keep_fd=ctl_r
-            )
-        finally:
-            os.close(ctl_r)
+        self.sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.replies = self.sock.makefile("rb")
+        self.next: tuple[int, int, int, int, int, int] | None = None  # pid, stdin, stdout, stderr, pidfd, ctl
+        pid = os.fork()
+        if pid == 0:  # child: stdin/stdout on /dev/null, stderr shared with the launcher
+            try:
+                null = os.open(os.devnull, os.O_RDWR)
+                os.dup2(null, 0)
+                os.dup2(null, 1)
+                close_fds_except({theirs.fileno()})
+                os.set_inheritable(theirs.fileno(), True)
+                for sig in (signal.SIGPIPE, signal.SIGINT, signal.SIGTERM, signal.SIGCHLD):
+                    signal.signal(sig, signal.SIG_DFL)
+                os.chdir("/")
+                os.execvpe(argv[0], [*argv, "-c", FORKSERVER_SOURCE, str(theirs.fileno())], env)
+            finally:
+                os._exit(127)
+        theirs.close()
+        self.pid = pid
+        self.pidfd = os.pidfd_open(pid)
 
     def alive(self) -> bool:
-        ready, _, _ = select.select([self.pidfd], [], [], 0)
-        return not ready
+        return not _readable(self.pidfd)
 
     def serves(self, env: dict[str, str]) -> bool:
         return self.alive() and startup_env(env) == startup_env(self.env)
 
+    def prefork(self) -> None:
+        """Have the next run's process forked and waiting (a no-op when it is)."""
+        if self.next is not None:
+            if not _readable(self.next[4]):
+                return
+            self._discard()  # a reset or kill ended it
+        in_r, in_w = os.pipe()
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        ctl_r, ctl_w = os.pipe()
+        try:
+            socket.send_fds(self.sock, [b"F"], [in_r, out_w, err_w, ctl_r])
+            line = self.replies.readline()
+        except OSError:
+            line = b""
+        finally:
+            for fd in (in_r, out_w, err_w, ctl_r):
+                os.close(fd)
+        if not line:
+            for fd in (in_w, out_r, err_r, ctl_w):
+                os.close(fd)
+            raise OpError("spawn_failed", "the python fork server stopped")
+        pid = int(line)
+        try:
+            pidfd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            # Already gone: a descriptor that reads as "exited" at once.
+            pidfd, done = os.pipe()
+            os.close(done)
+        self.next = (pid, in_w, out_r, err_r, pidfd, ctl_w)
+
     def launch(
         self, argv: list[str], env: dict[str, str], cwd: str, files: list[tuple[str, bytes]]
     ) -> tuple[int, int, int, int, int]:
-        """Hand the zygote its run; it writes ``files`` itself (it is the code user)."""
-        # marshal, not json: the zygote then needs no import (json pulls in re, ~5 ms).
+        """Hand the waiting process its run; it writes ``files`` itself (it is the code user).
+
+        Returns (pid, stdin_w, stdout_r, stderr_r, pidfd) like ``spawn``; the
+        wait status comes from ``wait()``, the server being the run's parent.
+        """
+        self.prefork()
+        assert self.next is not None
+        pid, in_w, out_r, err_r, pidfd, ctl_w = self.next
+        self.next = None
+        # marshal, not json: the run then needs no import (json pulls in re, ~5 ms).
         data = marshal.dumps({"argv": argv, "env": env, "cwd": cwd, "files": files})
-        view = memoryview(data)
-        while view:
-            view = view[os.write(self.ctl, view) :]
-        os.close(self.ctl)
-        return self.pid, self.stdin, self.stdout, self.stderr, self.pidfd
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(ctl_w, view) :]
+        except BrokenPipeError:
+            pass  # it died first; wait() reports how
+        finally:
+            os.close(ctl_w)
+        return pid, in_w, out_r, err_r, pidfd
+
+    def wait(self) -> int:
+        """The wait status of the launched run (once its pidfd said it ended)."""
+        line = self.replies.readline()
+        return int(line) if line else signal.SIGKILL  # the server died: report a kill
+
+    def _discard(self) -> None:
+        """End the waiting process (it sees EOF) and take its status off the line."""
+        assert self.next is not None
+        _, in_w, out_r, err_r, pidfd, ctl_w = self.next
+        self.next = None
+        for fd in (ctl_w, in_w, out_r, err_r, pidfd):
+            os.close(fd)
+        self.wait()
 
     def dismiss(self) -> None:
-        """Let an unused zygote exit (it sees EOF) and reap it."""
-        for fd in (self.ctl, self.stdin, self.stdout, self.stderr):
-            os.close(fd)
+        """Let the server exit (it sees EOF) and reap it."""
+        if self.next is not None:
+            for fd in self.next[1:]:
+                os.close(fd)
+            self.next = None
+        self.replies.close()
+        self.sock.close()
         try:
             os.waitpid(self.pid, 0)
         except ChildProcessError:
@@ -730,37 +865,39 @@ class Zygote:
         os.close(self.pidfd)
 
 
+def _readable(fd: int) -> bool:
+    ready, _, _ = select.select([fd], [], [], 0)
+    return bool(ready)
+
+
 # Requests that arrived while a run was in progress, served in order after it.
 PENDING: list[dict[str, Any]] = []
 # Set by the "zygote" operation (python sandboxes in serve mode).
-ZYGOTE_CONFIG: dict[str, Any] | None = None
-ZYGOTE: Zygote | None = None
+FORKSERVER_CONFIG: dict[str, Any] | None = None
+FORKSERVER: ForkServer | None = None
 
 
-def take_zygote(env: dict[str, str]) -> Zygote | None:
-    """The waiting zygote if it can serve a run with this environment."""
-    global ZYGOTE
-    zygote, ZYGOTE = ZYGOTE, None
-    if zygote is not None and not zygote.serves(env):
-        zygote.dismiss()
-        return None
-    return zygote
+def python_forkserver(env: dict[str, str]) -> ForkServer | None:
+    """The fork server if it can serve a run with this environment."""
+    if FORKSERVER is not None and FORKSERVER.serves(env):
+        return FORKSERVER
+    return None
 
 
-def ensure_zygote() -> None:
-    """Have a zygote waiting for the next run (after a run, a reset or a kill)."""
-    global ZYGOTE
-    if ZYGOTE_CONFIG is None:
+def ensure_forkserver() -> None:
+    """Have a live fork server, and the next run's process forked, when python runs use one."""
+    global FORKSERVER
+    if FORKSERVER_CONFIG is None:
         return
-    if ZYGOTE is not None and ZYGOTE.alive():
-        return
-    if ZYGOTE is not None:
-        ZYGOTE.dismiss()
     try:
-        ZYGOTE = Zygote(ZYGOTE_CONFIG["argv"], ZYGOTE_CONFIG["env"])
-    except OpError as exc:
-        ZYGOTE = None
-        print(f"isol8 launcher: zygote failed: {exc.message}", file=sys.stderr)
+        if FORKSERVER is None or not FORKSERVER.alive():
+            if FORKSERVER is not None:
+                FORKSERVER.dismiss()
+            FORKSERVER = None
+            FORKSERVER = ForkServer(FORKSERVER_CONFIG["argv"], FORKSERVER_CONFIG["env"])
+        FORKSERVER.prefork()
+    except (OSError, OpError) as exc:
+        print(f"isol8 launcher: python fork server failed: {exc}", file=sys.stderr)
 
 
 def run_program(
@@ -774,21 +911,25 @@ def run_program(
     kinds: tuple[bytes, bytes],
     kill_leftovers: bool,
     prepare: Callable[[], None] | None = None,
-    zygote: Zygote | None = None,
-    zygote_files: list[tuple[str, bytes]] | None = None,
+    forkserver: ForkServer | None = None,
+    forked_files: list[tuple[str, bytes]] | None = None,
 ) -> dict[str, Any]:
     """Run one program to completion and stream its output; returns its outcome.
 
-    With a zygote, ``zygote_files`` (just the program file) are written by the
-    zygote; anything more is written by ``prepare`` in a helper first.
+    With a fork server, ``forked_files`` (just the program file) are written
+    by the forked run itself; anything more is written by ``prepare`` in a
+    helper first.
     """
     started = time.monotonic()
-    if zygote is not None:
-        if zygote_files is None and prepare is not None:
+    reap: Callable[[], int]
+    if forkserver is not None:
+        if forked_files is None and prepare is not None:
             as_code_user(prepare)
-        pid, in_w, out_r, err_r, pidfd = zygote.launch(argv, env, cwd, zygote_files or [])
+        pid, in_w, out_r, err_r, pidfd = forkserver.launch(argv, env, cwd, forked_files or [])
+        reap = forkserver.wait
     else:
         pid, in_w, out_r, err_r, pidfd = spawn(argv, env, cwd, prepare)
+        reap = lambda: os.waitpid(pid, 0)[1]  # noqa: E731
     pump = OutputPump(kinds, max_output)
     sel = selectors.DefaultSelector()
     os.set_blocking(in_w, False)
@@ -812,14 +953,14 @@ def run_program(
         if now >= deadline:
             timed_out = True
             kill_code_user()
-            _, status = os.waitpid(pid, 0)
+            status = reap()
             break
         hint = pump.wait_hint()
         wait = deadline - now if hint is None else min(hint, deadline - now)
         for key, _ in sel.select(wait):
             tag = key.data
             if tag == "exit":
-                _, status = os.waitpid(pid, 0)
+                status = reap()
             elif tag == "ctl":
                 try:
                     ctl = read_request(0)
@@ -939,9 +1080,9 @@ def op_run(req: dict[str, Any]) -> None:
                 outcome["phase"] = "setup"
         if not outcome.get("phase"):
             stdin = base64.b64decode(req.get("stdin") or "")
-            zygote = take_zygote(env) if req.get("zygote") else None
-            # The usual run sends just its program file: the zygote writes it
-            # (uid 1000 itself), saving a helper fork of this process.
+            forkserver = python_forkserver(env) if req.get("zygote") else None
+            # The usual run sends just its program file: the forked run writes
+            # it (uid 1000 itself), saving a helper fork of this process.
             only_program = len(files) == 1 and files[0][0].startswith(SANDBOX + "/") and not setup
             outcome = run_program(
                 req["argv"],
@@ -953,10 +1094,10 @@ def op_run(req: dict[str, Any]) -> None:
                 kinds=(b"o", b"e"),
                 kill_leftovers=kill_leftovers,
                 prepare=None if setup else prepare,
-                zygote=zygote,
-                zygote_files=[(files[0][0], base64.b64decode(files[0][1]))] if only_program else None,
+                forkserver=forkserver,
+                forked_files=[(files[0][0], base64.b64decode(files[0][1]))] if only_program else None,
             )
-            outcome["zygote"] = zygote is not None
+            outcome["zygote"] = forkserver is not None
             outcome["phase"] = "code"
             paths = req.get("outputPaths") or []
             if paths and not outcome["timedOut"] and not outcome["cancelled"]:
@@ -1119,11 +1260,11 @@ def op_kill(_: dict[str, Any]) -> dict[str, Any]:
 
 
 def op_zygote(req: dict[str, Any]) -> dict[str, Any]:
-    """Keep a pre-started interpreter (argv, env) waiting for python runs."""
-    global ZYGOTE_CONFIG
+    """Fork python runs from a fork server started with (argv, env)."""
+    global FORKSERVER_CONFIG
     if running_as_code_user():
-        raise OpError("bad_request", "zygotes only exist in serve mode")
-    ZYGOTE_CONFIG = {"argv": list(req["argv"]), "env": dict(req["env"])}
+        raise OpError("bad_request", "the python fork server only exists in serve mode")
+    FORKSERVER_CONFIG = {"argv": list(req["argv"]), "env": dict(req["env"])}
     return {}
 
 
@@ -1189,9 +1330,9 @@ def main() -> int:
         if req is None:
             return 0
         handle(req)
-        # After the answer went out: a run used the zygote, a reset or kill
-        # killed it; start the next one while the worker has nothing to ask.
-        ensure_zygote()
+        # After the answer went out (the first time, or when it died): start
+        # the python fork server while the worker has nothing to ask.
+        ensure_forkserver()
 
 
 if __name__ == "__main__":

@@ -238,6 +238,35 @@ def test_python_traceback_shows_only_the_users_frames(api):
     assert (message["exitCode"], message["stderr"]) == (1, "bye")
 
 
+def test_forked_python_runs_match_a_fresh_interpreter(api):
+    """Python runs are forked from a pristine server (launcher mode): the same modules
+    as a fresh `python3`, the code user's own /proc entries, and nothing carried over."""
+    code = (
+        "import os, sys\n"
+        "print(sorted(sys.modules))\n"
+        "print(b'HOME=/sandbox' in open('/proc/self/environ', 'rb').read(), os.getuid(), os.getgid())\n"
+        "print(hasattr(sys, 'isol8_left'), hasattr(os, 'isol8_left'))\n"
+        "sys.isol8_left = os.isol8_left = True\n"
+    )
+    forked = run(api, {"runtime": "python", "code": code}).json()
+    again = run(api, {"runtime": "python", "code": code}).json()
+    # A start-up variable the fork server was not started with: a new python3 serves it.
+    fresh = run(api, {"runtime": "python", "code": code, "env": {"PYTHONHASHSEED": "random"}}).json()
+    assert forked["exitCode"] == 0, forked
+    assert forked["stdout"] == again["stdout"] == fresh["stdout"]
+    assert forked["stdout"].splitlines()[1:] == ["True 1000 1000", "False False"]
+
+
+def test_python_runs_in_a_session_are_new_processes(api):
+    code = "import os, sys\nprint(os.getpid(), hasattr(sys, 'isol8_left'))\nsys.isol8_left = True\n"
+    outputs = [run(api, {"runtime": "python", "code": code}, sessionId="fresh-procs").json()["stdout"]
+               for _ in range(3)]
+    api.delete("/session/fresh-procs")
+    pids = [line.split()[0] for line in outputs]
+    assert len(set(pids)) == 3, outputs
+    assert all(line.endswith("False") for line in outputs), outputs
+
+
 def test_python_startup_variables_from_env_take_effect(api):
     body = run(api, {"runtime": "python", "code": "import sys; print(sys.flags.hash_randomization)",
                      "env": {"PYTHONHASHSEED": "0"}}).json()
