@@ -10,6 +10,7 @@ import os
 import platform
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,22 @@ def load_average() -> list[float]:
         return []
 
 
+def cpu_speed_ms() -> float:
+    """Time of a fixed pure-Python loop (best of 3): how fast this machine is right now.
+
+    On a shared VM the same code runs up to ~1.5x slower at times; this number,
+    taken at the start and the end, tells a slow run from a slow service.
+    """
+    best = float("inf")
+    for _ in range(3):
+        started = time.perf_counter()
+        total = 0
+        for i in range(1_000_000):
+            total += i
+        best = min(best, time.perf_counter() - started)
+    return round(best * 1000, 1)
+
+
 def machine_facts(*, mode: str, url: str | None) -> dict[str, Any]:
     from django.conf import settings
 
@@ -66,4 +83,5 @@ def machine_facts(*, mode: str, url: str | None) -> dict[str, Any]:
         "pool_size": settings.ISOL8_POOL_SIZE if url is None else None,
         "git_commit": git_commit(),
         "load_average_start": load_average(),
+        "cpu_speed_ms_start": cpu_speed_ms(),
     }

@@ -149,7 +149,9 @@ def machine_header(facts: dict[str, Any]) -> str:
         f"service: mode {facts['mode']}, {facts['server']}, pool size {facts['pool_size']}, "
         f"commit {facts['git_commit']}\n"
         f"load average: {facts['load_average_start']} at the start, "
-        f"{facts.get('load_average_end', '-')} at the end"
+        f"{facts.get('load_average_end', '-')} at the end\n"
+        f"cpu speed (1M-iteration Python loop, ms, lower is faster): "
+        f"{facts.get('cpu_speed_ms_start', '-')} at the start, {facts.get('cpu_speed_ms_end', '-')} at the end"
     )
 
 

@@ -27,7 +27,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import probes
-from bench.machine import load_average, machine_facts
+from bench.machine import cpu_speed_ms, load_average, machine_facts
 from bench.measure import Series, Throughput, sequential, throughput
 from bench.programs import PROGRAMS, Program
 from bench.report import RuntimeResult, error_details, machine_header, runtime_table, write_json
@@ -190,6 +190,7 @@ def run_benchmark(
                 say(f"{runtime}: measurement failed: {type(exc).__name__}: {exc}")
                 facts.setdefault("failed_runtimes", {})[runtime] = f"{type(exc).__name__}: {exc}"
         facts["load_average_end"] = load_average()
+        facts["cpu_speed_ms_end"] = cpu_speed_ms()
         return facts, results
     finally:
         if stack is not None:

@@ -51,7 +51,11 @@ def authenticate_key(key: str) -> Principal:
     if master and hmac.compare_digest(key_digest(key), key_digest(master)):
         return Principal(tenant=tenant_ensure_default(), api_key=None, is_master=True)
     digest = key_digest(key)
-    api_key = ApiKey.objects.select_related("tenant").filter(digest=digest).first()
+    try:
+        # get(), not first(): no ORDER BY to build on every request (digests are unique).
+        api_key: ApiKey | None = ApiKey.objects.select_related("tenant").get(digest=digest)
+    except ApiKey.DoesNotExist:
+        api_key = None
     if (
         api_key is None
         or not hmac.compare_digest(api_key.digest, digest)
