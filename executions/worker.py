@@ -242,13 +242,14 @@ class Worker:
         handle: RunHandle,
         publish: Publish | None,
     ) -> None:
-        session = execution.session
-        assert session is not None
+        session_pk = execution.session_id
+        assert session_pk is not None
+        finished = False
         try:
             try:
                 prebuilt = packages.covering_image(runtime=spec.runtime, packages=spec.install_packages)
                 box = self._session_sandbox(
-                    session, tenant=execution.tenant.slug, create=True, image=prebuilt.tag if prebuilt else None
+                    session_pk, tenant=execution.tenant.slug, create=True, image=prebuilt.tag if prebuilt else None
                 )
             except DockerUnavailableError as exc:
                 result = RunResult(status="error", error=str(exc), error_code="docker_unavailable")
@@ -256,14 +257,15 @@ class Worker:
                 result = RunResult(status="error", error=f"Session sandbox unavailable: {exc}")
             else:
                 result = self._execute(box, execution, spec, limits, handle, publish, in_session=True)
-                self._after_session_run(session, box)
+                self._after_session_run(session_pk, box)
             # execution_finish frees the session before the client hears the result.
             services.execution_finish(execution=execution, result=result)
+            finished = True
         finally:
-            # A no-op when released above (the release is conditional on the owner).
-            session_services.session_release(session_pk=session.pk, owner=execution.pk)
+            if not finished:
+                session_services.session_release(session_pk=session_pk, owner=execution.pk)
 
-    def _after_session_run(self, session: Session, box: Sandbox) -> None:
+    def _after_session_run(self, session_pk: int, box: Sandbox) -> None:
         """Keep a session usable after a bad run, or declare it dead."""
         if not box.broken:
             return
@@ -275,8 +277,8 @@ class Worker:
                 return
         except SandboxError:
             pass
-        self._forget_session(session.pk, destroy=True)
-        session_services.session_mark_dead(session_pk=session.pk, reason="its sandbox failed")
+        self._forget_session(session_pk, destroy=True)
+        session_services.session_mark_dead(session_pk=session_pk, reason="its sandbox failed")
 
     def _execute(
         self,
@@ -342,13 +344,18 @@ class Worker:
         return "cache" if cached else "install"
 
     def _session_sandbox(
-        self, session: Session, *, tenant: str, create: bool, image: str | None = None
+        self, session_pk: int, *, tenant: str = "", create: bool, image: str | None = None
     ) -> Sandbox:
-        """The session's sandbox on this host: known, re-attached, or (first run) new."""
+        """The session's sandbox on this host: known, re-attached, or (first run) new.
+
+        A known sandbox is answered from memory: the session row is only read
+        when the container has to be found or made (``tenant`` is needed then).
+        """
         with self.lock:
-            box = self.sessions.get(session.pk)
+            box = self.sessions.get(session_pk)
         if box is not None and not box.broken:
             return box
+        session = Session.objects.get(pk=session_pk)
         limits = Limits.from_json(session.limits)
         if session.container_id:
             box = sandbox.adopt_sandbox(
@@ -389,8 +396,7 @@ class Worker:
         close_old_connections()  # keeps a healthy connection (CONN_MAX_AGE, see start())
         status, body = 500, {"error": "internal error", "code": "internal_error"}
         try:
-            session = Session.objects.select_related("tenant").get(pk=session_pk)
-            box = self._session_sandbox(session, tenant=session.tenant.slug, create=False)
+            box = self._session_sandbox(session_pk, create=False)
             reply = box.request(op, timeout=60.0)
             if reply.get("ok"):
                 status, body = 200, {k: v for k, v in reply.items() if k != "ok"}
