@@ -24,7 +24,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from isol8_site.errors import ApiError
-from isol8_site.redis import get_redis
+from isol8_site.redis import get_redis, pipeline
 from tenants.models import Tenant
 
 ACQUIRE = """
@@ -163,15 +163,12 @@ def release(*, tenant_slug: str, execution_id: str, seconds: float = 0.0, pipe: 
     the result push on the hot path) and the caller executes it.
     """
     running, _, month = _keys(tenant_slug)
-    own = pipe is None
-    pipe = get_redis().pipeline(transaction=False) if own else pipe
-    pipe.zrem(running, execution_id)
-    pipe.zrem(_cluster_key("global"), execution_id)
-    if seconds > 0:
-        pipe.incrbyfloat(month, seconds)
-        pipe.expire(month, 40 * 86400)
-    if own:
-        pipe.execute()
+    with pipeline(pipe) as p:
+        p.zrem(running, execution_id)
+        p.zrem(_cluster_key("global"), execution_id)
+        if seconds > 0:
+            p.incrbyfloat(month, seconds)
+            p.expire(month, 40 * 86400)
 
 
 @dataclass(frozen=True)

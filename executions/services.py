@@ -40,12 +40,15 @@ class Reply:
     status: int
     body: dict[str, Any]
 
+    def body_json(self) -> str:
+        return json.dumps(self.body, separators=(",", ":"))
+
     def to_wire(self) -> str:
-        return f"{self.status} {json.dumps(self.body, separators=(',', ':'))}"
+        return f"{self.status} {self.body_json()}"
 
     def http(self) -> tuple[int, bytes]:
         """(status, JSON body) as the view sends it."""
-        return self.status, json.dumps(self.body, separators=(",", ":")).encode()
+        return self.status, self.body_json().encode()
 
     @staticmethod
     def from_wire(raw: bytes | str) -> tuple[int, bytes]:

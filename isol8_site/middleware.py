@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Callable
 
-from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
@@ -45,25 +43,14 @@ def too_large(request: HttpRequest) -> HttpResponse | None:
 
 
 class BodySizeLimitMiddleware:
-    """Sync and async capable, so under ASGI it adds no thread hop to every request."""
+    """Refuses oversized bodies before any view parses them.
 
-    sync_capable = True
-    async_capable = True
+    A sync middleware like Django's own: isol8_site/asgi.py runs the whole
+    chain in one thread hop per request.
+    """
 
-    def __init__(self, get_response: Callable[[HttpRequest], Any]) -> None:
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
         self.get_response = get_response
-        self.is_async = iscoroutinefunction(get_response)
-        if self.is_async:
-            markcoroutinefunction(self)
 
-    def __call__(self, request: HttpRequest) -> HttpResponse | Awaitable[HttpResponse]:
-        if self.is_async:
-            return self.__acall__(request)
+    def __call__(self, request: HttpRequest) -> HttpResponse:
         return too_large(request) or self.get_response(request)
-
-    async def __acall__(self, request: HttpRequest) -> HttpResponse:
-        refusal = too_large(request)
-        if refusal is not None:
-            return refusal
-        response: HttpResponse = await self.get_response(request)
-        return response

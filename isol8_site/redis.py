@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import redis
@@ -27,14 +29,26 @@ def get_redis() -> redis.Redis:
     return _client
 
 
+@contextmanager
+def pipeline(joined: Any = None) -> Iterator[Any]:
+    """The caller's pipeline ``joined`` (which the caller executes), or a new one executed on exit.
+
+    Lets a write join the caller's round trip on the hot path and still be
+    callable on its own.
+    """
+    if joined is not None:
+        yield joined
+        return
+    pipe = get_redis().pipeline(transaction=False)
+    yield pipe
+    pipe.execute()
+
+
 def push_reply(key: str, value: str | int, *, ttl: int, pipe: Any = None) -> None:
     """Hand a reply to whoever waits on ``key`` with BLPOP; it expires if nobody does.
 
     With ``pipe`` the commands join the caller's pipeline, which the caller executes.
     """
-    own = pipe is None
-    pipe = get_redis().pipeline(transaction=False) if own else pipe
-    pipe.rpush(key, value)
-    pipe.expire(key, ttl)
-    if own:
-        pipe.execute()
+    with pipeline(pipe) as p:
+        p.rpush(key, value)
+        p.expire(key, ttl)

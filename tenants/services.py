@@ -40,11 +40,9 @@ def tenant_create(*, slug: str, name: str = "", **quotas: object) -> Tenant:
 
 def tenant_ensure_default() -> Tenant:
     """The built-in tenant the master key executes under (read fresh: quotas may change)."""
-    tenant = Tenant.objects.filter(slug=settings.ISOL8_DEFAULT_TENANT).first()
-    if tenant is None:
-        tenant, _ = Tenant.objects.get_or_create(
-            slug=settings.ISOL8_DEFAULT_TENANT, defaults={"name": "Default (master key)"}
-        )
+    tenant, _ = Tenant.objects.get_or_create(
+        slug=settings.ISOL8_DEFAULT_TENANT, defaults={"name": "Default (master key)"}
+    )
     return tenant
 
 

@@ -32,6 +32,32 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def wait_healthy(
+    url: str, *, timeout: float = 60, proc: subprocess.Popen[bytes] | None = None, log: Path | None = None
+) -> None:
+    """Wait until ``GET {url}/health`` answers 200.
+
+    With ``proc`` (the server process) it fails at once when that exits,
+    showing ``log`` (its output file) or its piped output.
+    """
+    deadline = time.monotonic() + timeout
+    last = ""
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            output = log.read_text() if log else (proc.communicate()[0] or b"").decode()
+            raise AssertionError(f"the server at {url} exited ({proc.returncode}): {output}")
+        try:
+            response = httpx.get(f"{url}/health", timeout=2)
+            if response.status_code == 200:
+                return
+            last = response.text
+        except httpx.HTTPError as exc:
+            last = str(exc)
+        time.sleep(0.2)
+    detail = log.read_text() if log else last
+    raise AssertionError(f"{url} not healthy after {timeout}s: {detail}")
+
+
 @dataclass
 class Stack:
     """A running service: its URL, its processes, and helpers to call it."""
@@ -72,18 +98,7 @@ class Stack:
             proc.wait()
 
     def wait_healthy(self, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        last = ""
-        while time.monotonic() < deadline:
-            try:
-                response = httpx.get(f"{self.url}/health", timeout=2)
-                if response.status_code == 200:
-                    return
-                last = response.text
-            except httpx.HTTPError as exc:
-                last = str(exc)
-            time.sleep(0.2)
-        raise RuntimeError(f"stack not healthy after {timeout}s: {last}")
+        wait_healthy(self.url, timeout=timeout)
 
 
 @pytest.fixture(scope="session", params=MODES)

@@ -526,12 +526,17 @@ def close_fds_except(keep: set[int]) -> None:
     os.closerange(low, 65536)
 
 
+def default_signals() -> None:
+    """Before an exec: the signal dispositions a freshly started program expects."""
+    for sig in (signal.SIGPIPE, signal.SIGINT, signal.SIGTERM, signal.SIGCHLD):
+        signal.signal(sig, signal.SIG_DFL)
+
+
 def spawn(
     argv: list[str],
     env: dict[str, str],
     cwd: str,
     prepare: Callable[[], None] | None,
-    keep_fd: int | None = None,
 ) -> tuple[int, int, int, int, int]:
     """Start ``argv`` as the code user in its own session.
 
@@ -555,11 +560,8 @@ def spawn(
             os.dup2(in_r, 0)
             os.dup2(out_w, 1)
             os.dup2(err_w, 2)
-            close_fds_except({status_w} if keep_fd is None else {status_w, keep_fd})
-            if keep_fd is not None:
-                os.set_inheritable(keep_fd, True)  # pipes are close-on-exec by default
-            for sig in (signal.SIGPIPE, signal.SIGINT, signal.SIGTERM, signal.SIGCHLD):
-                signal.signal(sig, signal.SIG_DFL)
+            close_fds_except({status_w})
+            default_signals()
             if prepare is not None:
                 prepare()
             os.chdir(cwd)
@@ -765,8 +767,7 @@ class ForkServer:
                 os.dup2(null, 1)
                 close_fds_except({theirs.fileno()})
                 os.set_inheritable(theirs.fileno(), True)
-                for sig in (signal.SIGPIPE, signal.SIGINT, signal.SIGTERM, signal.SIGCHLD):
-                    signal.signal(sig, signal.SIG_DFL)
+                default_signals()
                 os.chdir("/")
                 os.execvpe(argv[0], [*argv, "-c", FORKSERVER_SOURCE, str(theirs.fileno())], env)
             finally:

@@ -10,11 +10,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from tests.client.conftest import ISOL8, ROOT, cli_env, isol8
-from tests.conftest import Stack, free_port, make_key
+from tests.conftest import Stack, free_port, make_key, wait_healthy
 
 pytestmark = pytest.mark.stack
 
@@ -252,7 +251,7 @@ def test_serve_runs_a_server_that_isol8_run_can_use(tmp_path: Path) -> None:
     proc = subprocess.Popen([str(ISOL8), "serve", "--port", str(port), "--key", "serve-master",
                              "--no-beat"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
-        wait_healthy(f"http://127.0.0.1:{port}", proc, tmp_path / "serve.log")
+        wait_healthy(f"http://127.0.0.1:{port}", timeout=120, proc=proc, log=tmp_path / "serve.log")
         run = isol8("run", "-e", "print('served')", "--host", f"http://127.0.0.1:{port}",
                     "--key", "serve-master")
         assert (run.returncode, run.stdout, run.stderr) == (0, "served\n", "")
@@ -260,16 +259,3 @@ def test_serve_runs_a_server_that_isol8_run_can_use(tmp_path: Path) -> None:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
         log.close()
-
-
-def wait_healthy(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, f"isol8 serve exited: {log.read_text()}"
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    raise AssertionError(f"isol8 serve not healthy after {timeout}s: {log.read_text()}")

@@ -6,12 +6,11 @@ import asyncio
 import json
 import subprocess
 import sys
-import time
 
 import httpx
 import pytest
 
-from tests.conftest import ROOT, free_port
+from tests.conftest import ROOT, free_port, wait_healthy
 
 pytestmark = pytest.mark.stack
 
@@ -47,23 +46,11 @@ def test_one_web_process_holds_500_streams(api, stack, api_key, capsys):
         cwd=ROOT, env=stack.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     try:
-        wait_up(f"http://127.0.0.1:{port}")
+        wait_healthy(f"http://127.0.0.1:{port}", timeout=30)
         held(api, stack, api_key, capsys, web.pid, f"http://127.0.0.1:{port}")
     finally:
         web.terminate()
         web.wait()
-
-
-def wait_up(url: str) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"{url} did not come up")
 
 
 def held(api, stack, api_key, capsys, web_pid, url):

@@ -14,7 +14,7 @@ import pytest
 from executions import sandbox
 from executions.models import Execution
 from executions.worker import alive_hosts
-from tests.conftest import ROOT, free_port, make_key, run
+from tests.conftest import ROOT, free_port, make_key, run, wait_healthy
 
 pytestmark = pytest.mark.stack
 
@@ -111,13 +111,7 @@ def test_max_concurrent_caps_runs_across_two_workers(stack, tenant, tmp_path):
         # Both workers must be up (heartbeating) before the runs start.
         while time.monotonic() < deadline and second_host not in alive_hosts():
             time.sleep(0.2)
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{url}/health").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
+        wait_healthy(url, timeout=max(1.0, deadline - time.monotonic()))
 
         def one(_: int) -> httpx.Response:
             return httpx.post(f"{url}/execute", json={"request": {"runtime": "bash", "code": timed(1)}},

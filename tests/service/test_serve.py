@@ -7,14 +7,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import httpx
 import pytest
 
 from executions import sandbox
 from isol8_site.config import ConfigError, parse_config
-from tests.conftest import ROOT, free_port
+from tests.conftest import ROOT, free_port, wait_healthy
 
 pytestmark = pytest.mark.stack
 
@@ -64,15 +63,7 @@ def test_serve_starts_clean_and_stops_cleanly(stack, transactional_db, tmp_path)
     )
     try:
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.3)
-        assert proc.poll() is None, proc.communicate()[0].decode()
+        wait_healthy(url, timeout=60, proc=proc)
         response = httpx.post(f"{url}/execute", headers={"Authorization": "Bearer serve-key"},
                               json={"request": {"runtime": "python", "code": "print(1)"}}, timeout=60)
         assert response.json()["stdout"] == "1", response.text
