@@ -5,10 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib import admin
-from django.http import HttpRequest
+from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
+from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html
 
-from executions.models import Execution
+from executions import events
+from executions.models import FINISHED, Execution
 
 
 @admin.register(Execution)
@@ -23,19 +25,54 @@ class ExecutionAdmin(admin.ModelAdmin):
     date_hierarchy = "created_at"
     ordering = ("-created_at",)
     readonly_fields = (
-        "id", "tenant", "session", "runtime", "status", "exit_code", "error", "code", "cmd",
+        "id", "tenant", "session", "runtime", "status", "exit_code", "error", "program",
         "request", "limits", "streamed", "stdout", "stderr", "stdout_truncated", "stderr_truncated",
         "stdout_bytes", "stderr_bytes", "timed_out", "files", "created_at", "started_at",
         "finished_at", "duration_ms", "worker_host", "container_id",
     )
     fieldsets = (
         (None, {"fields": ("id", "tenant", "session", "runtime", "status", "exit_code", "error")}),
-        ("Request", {"fields": ("code", "cmd", "request", "limits", "streamed")}),
+        ("Request", {"fields": ("program", "request", "limits", "streamed")}),
         ("Output", {"fields": ("stdout", "stderr", "stdout_truncated", "stderr_truncated",
                                "stdout_bytes", "stderr_bytes", "timed_out", "files")}),
         ("Timing and placement", {"fields": ("created_at", "started_at", "finished_at", "duration_ms",
                                              "worker_host", "container_id")}),
     )
+
+    def get_urls(self) -> list[URLPattern]:
+        events_view = self.admin_site.admin_view(self.events_view)
+        return [
+            path("<uuid:object_id>/events/", events_view, name="executions_execution_events"),
+            *super().get_urls(),
+        ]
+
+    def events_view(self, request: HttpRequest, object_id: str) -> StreamingHttpResponse:
+        """The execution's event stream for the detail page's EventSource (staff session, view permission)."""
+        if not self.has_view_permission(request):
+            raise Http404
+        execution = Execution.objects.filter(pk=object_id).only("id", "streamed").first()
+        if execution is None:
+            raise Http404
+        after = events.parse_last_event_id(request.headers.get("Last-Event-ID"))
+        response = StreamingHttpResponse(events.stream_for(execution, after=after), content_type="text/event-stream")
+        response["Cache-Control"] = "no-cache"
+        response["X-Accel-Buffering"] = "no"
+        return response
+
+    def change_view(
+        self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        execution = Execution.objects.filter(pk=object_id).only("id", "status").first()
+        context = dict(extra_context or {})
+        if execution is not None and execution.status not in FINISHED:
+            # Still queued or running: the page follows its output live.
+            context["live_events_url"] = reverse("admin:executions_execution_events", args=[execution.pk])
+        return super().change_view(request, object_id, form_url, extra_context=context)
+
+    @admin.display(description="code / cmd")
+    def program(self, obj: Execution) -> str:
+        # In a <pre>: indentation is meaning in Python code.
+        return format_html('<pre class="isol8-console">{}</pre>', obj.code or obj.cmd)
 
     @admin.display(description="session")
     def session_link(self, obj: Execution) -> str:

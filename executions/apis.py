@@ -15,10 +15,12 @@ from rest_framework.views import APIView
 from executions import events, selectors, services
 from executions.models import FINISHED, Execution, Status
 from executions.packages import check_allowed, validate_packages
-from executions.validation import ExecuteSerializer, build_spec, resolve_limits
+from executions.validation import ExecuteSerializer, build_spec, execute_body, resolve_limits
 from isol8_site.errors import not_found, validation_error
+from isol8_site.negotiation import EventStreamNegotiation
 from sessions_app.services import sessions_stop_idle
-from tenants.authentication import IsMaster, principal_of
+from tenants.authentication import IsMaster, StreamTokenAuthentication, principal_of
+from tenants.tokens import execution_scope, stream_token_mint
 
 PAGE_SIZE = 50
 
@@ -38,9 +40,7 @@ class ExecuteBase(APIView):
 
     def start(self, request: Request) -> Execution:
         principal = principal_of(request)
-        if not isinstance(request.data, dict):
-            raise validation_error("The body must be a JSON object")
-        serializer = ExecuteSerializer(data=request.data)
+        serializer = ExecuteSerializer(data=execute_body(request.data))
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
         options = data.get("options", {})
@@ -75,6 +75,7 @@ class ExecuteStreamApi(ExecuteBase):
     """POST /execute/stream: run and stream the events over SSE from the first one."""
 
     streamed = True
+    content_negotiation_class = EventStreamNegotiation
 
     def post(self, request: Request) -> StreamingHttpResponse:
         execution = self.start(request)
@@ -143,7 +144,18 @@ class ExecutionDetailApi(APIView):
 
 
 class ExecutionEventsApi(APIView):
-    """GET /executions/{id}/events: the event stream, resumable with Last-Event-ID."""
+    """GET /executions/{id}/events: the event stream, resumable with Last-Event-ID.
+
+    Besides the API key, a stream token for this execution in ``?token=``
+    authenticates it (browsers' EventSource cannot send headers).
+    """
+
+    content_negotiation_class = EventStreamNegotiation
+    authentication_classes = [StreamTokenAuthentication]
+
+    @staticmethod
+    def token_scope(execution_id: str) -> str:
+        return execution_scope(execution_id)
 
     def get(self, request: Request, execution_id: str) -> StreamingHttpResponse:
         principal = principal_of(request)
@@ -151,12 +163,26 @@ class ExecutionEventsApi(APIView):
         if execution is None:
             raise not_found("Execution not found")
         last = request.META.get("HTTP_LAST_EVENT_ID") or request.query_params.get("lastEventId")
-        after = events.parse_last_event_id(last)
-        if not execution.streamed:
-            # Runs answered whole keep their output in the history only; their
-            # stream is rebuilt from it once they have finished.
-            return sse_response(events.replay_finished(execution.pk, after=after), execution.pk)
-        return sse_response(events.stream_events(execution.pk, after=after), execution.pk)
+        return sse_response(events.stream_for(execution, after=events.parse_last_event_id(last)), execution.pk)
+
+
+class ExecutionTokenApi(APIView):
+    """POST /executions/{id}/token: a short-lived token to read this execution's stream from a browser."""
+
+    def post(self, request: Request, execution_id: str) -> Response:
+        principal = principal_of(request)
+        execution = selectors.execution_get(tenant=principal.tenant, execution_id=execution_id)
+        if execution is None:
+            raise not_found("Execution not found")
+        minted = stream_token_mint(
+            tenant=principal.tenant, api_key=principal.api_key, scope=execution_scope(execution.pk)
+        )
+        query = urlencode({"token": minted.token})
+        return Response({
+            "token": minted.token,
+            "expiresAt": minted.expires_at.isoformat().replace("+00:00", "Z"),
+            "eventsUrl": f"/executions/{execution.pk}/events?{query}",
+        })
 
 
 class ExecutionCancelApi(APIView):

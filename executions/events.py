@@ -211,6 +211,15 @@ async def stream_events(execution_id: object, *, after: int = 0) -> AsyncIterato
         manager.remove_listener(listener)
 
 
+def stream_for(execution: Any, *, after: int = 0) -> AsyncIterator[str]:
+    """The SSE stream of an execution: live events, or rebuilt from history for runs answered whole."""
+    if not execution.streamed:
+        # Runs answered whole keep their output in the history only; their
+        # stream is rebuilt from it once they have finished.
+        return replay_finished(execution.pk, after=after)
+    return stream_events(execution.pk, after=after)
+
+
 async def replay_finished(execution_id: object, *, after: int = 0) -> AsyncIterator[str]:
     """The events of a run that was answered whole, rebuilt from its history row.
 

@@ -1,7 +1,7 @@
 """Per-tenant quotas, enforced atomically in Redis across all web processes.
 
 * concurrency: a sorted set of the tenant's executions in flight, each scored
-  with the time after which it no longer counts. A slot is released when the
+  with the time after which it no longer counts. An empty quota (None) is no limit. A slot is released when the
   execution ends however it ends (worker, cancel, reaper); if every one of those
   misses it (a crash at the worst moment), the score still expires it, so a
   quota can never leak forever.
@@ -39,11 +39,11 @@ if budget >= 0 then
   local used = tonumber(redis.call('GET', month) or '0')
   if used >= budget then return {'month', 0} end
 end
-if redis.call('ZCARD', running) >= max_running then
+if max_running >= 0 and redis.call('ZCARD', running) >= max_running then
   local first = redis.call('ZRANGE', running, 0, 0, 'WITHSCORES')
   return {'concurrency', first[2] or now}
 end
-if redis.call('ZCARD', rate) >= max_rate then
+if max_rate >= 0 and redis.call('ZCARD', rate) >= max_rate then
   local first = redis.call('ZRANGE', rate, 0, 0, 'WITHSCORES')
   return {'rate', first[2] or now}
 end
@@ -113,15 +113,19 @@ def acquire(*, tenant: Tenant, execution_id: str, hold_seconds: float) -> None:
 
 def _try_acquire(tenant: Tenant, execution_id: str, hold_seconds: float) -> tuple[str, float]:
     now = time.time()
-    budget = -1 if tenant.monthly_seconds is None else tenant.monthly_seconds
     verdict, when = _acquire_script()(
         keys=[*_keys(tenant.slug), _cluster_key("global")],
         args=[
-            now, now + hold_seconds, execution_id, tenant.max_concurrent, tenant.max_per_minute,
-            budget, settings.ISOL8_CONFIG.max_concurrent,
+            now, now + hold_seconds, execution_id, _limit(tenant.max_concurrent), _limit(tenant.max_per_minute),
+            _limit(tenant.monthly_seconds), settings.ISOL8_CONFIG.max_concurrent,
         ],
     )
     return (verdict.decode() if isinstance(verdict, bytes) else str(verdict)), float(when)
+
+
+def _limit(value: int | None) -> int:
+    """A quota for the script: -1 is "no limit"."""
+    return -1 if value is None else int(value)
 
 
 def _wait_for_global_slot(tenant: Tenant, execution_id: str, hold_seconds: float) -> tuple[str, float]:

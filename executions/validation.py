@@ -187,6 +187,28 @@ class OptionsSerializer(StrictSerializer):
         return attrs
 
 
+def execute_body(data: Any) -> dict[str, Any]:
+    """The body in its ``{"request": {...}, "options", "sessionId"}`` form.
+
+    isol8's documented curl sends the request fields at the top level
+    (``{"code": ..., "runtime": ...}``); that is accepted as shorthand. Both
+    forms in one body are ambiguous and refused.
+    """
+    if not isinstance(data, dict):
+        raise validation_error("The body must be a JSON object")
+    top = [name for name in data if name in RequestSerializer._declared_fields]
+    if not top:
+        return data
+    if "request" in data:
+        raise validation_error(
+            f"Send the request fields inside \"request\" or at the top level, not both "
+            f"(found {top[0]!r} at the top level)"
+        )
+    body = {name: value for name, value in data.items() if name not in top}
+    body["request"] = {name: data[name] for name in top}
+    return body
+
+
 class ExecuteSerializer(StrictSerializer):
     request = RequestSerializer()
     options = OptionsSerializer(required=False)

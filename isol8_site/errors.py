@@ -7,9 +7,11 @@ below translates); nothing answers with an HTML page or a bare-text 500.
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
-from django.http import HttpRequest, JsonResponse
+from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.http import Http404, HttpRequest, JsonResponse
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 
@@ -69,53 +71,64 @@ def _first_message(detail: Any, path: str = "") -> str:
     return f"{path}: {text}" if path else text
 
 
+def _detail_text(detail: Any) -> str:
+    """The sentence inside a DRF exception's detail (a string, a list or a dict of them)."""
+    if isinstance(detail, dict) and "detail" in detail:
+        detail = detail["detail"]
+    return _first_message(detail)
+
+
+def _response(status_code: int, code: str, message: str, headers: dict[str, str] | None = None) -> Response:
+    return Response(error_body(code, message), status=status_code, headers=headers)
+
+
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    """Every exception a view raises becomes the one error shape, with a sentence.
+
+    DRF's own exceptions are mapped one by one; nothing falls through to a
+    ``str()`` of a detail dict (which would send a Python repr to a client).
+    Anything that is not an APIException is a bug: logged, answered as 500
+    without its text.
+    """
     if isinstance(exc, ApiError):
         return Response(
             error_body(exc.code, exc.message, exc.details), status=exc.status_code, headers=exc.headers
         )
+    if isinstance(exc, Http404):
+        exc = exceptions.NotFound()
+    elif isinstance(exc, DjangoPermissionDenied):
+        exc = exceptions.PermissionDenied()
     if isinstance(exc, exceptions.ValidationError):
         message = _first_message(exc.detail)
         return Response(
             error_body("validation_error", message, exc.detail), status=status.HTTP_400_BAD_REQUEST
         )
     if isinstance(exc, exceptions.ParseError):
-        return Response(
-            error_body("invalid_json", f"Request body is not valid JSON: {exc.detail}"),
-            status=status.HTTP_400_BAD_REQUEST,
-        )
+        reason = _detail_text(exc.detail).removeprefix("JSON parse error - ")
+        return _response(400, "invalid_json", f"Request body is not valid JSON: {reason}")
     if isinstance(exc, exceptions.UnsupportedMediaType):
-        return Response(
-            error_body(
-                "unsupported_media_type", "Send the body as JSON with Content-Type: application/json"
-            ),
-            status=status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
-        )
+        return _response(415, "unsupported_media_type", "Send the body as JSON with Content-Type: application/json")
     if isinstance(exc, exceptions.MethodNotAllowed):
-        return Response(error_body("method_not_allowed", str(exc.detail)), status=405)
+        method = context["request"].method if context.get("request") is not None else "This method"
+        return _response(405, "method_not_allowed", f"Method {method} is not allowed on this route")
+    if isinstance(exc, exceptions.NotAcceptable):
+        return _response(406, "not_acceptable", _detail_text(exc.detail))
     if isinstance(exc, (exceptions.NotAuthenticated, exceptions.AuthenticationFailed)):
-        return Response(
-            error_body("unauthorized", "Missing Authorization header"),
-            status=401,
-            headers={"WWW-Authenticate": "Bearer"},
-        )
+        return _response(401, "unauthorized", "Missing Authorization header", {"WWW-Authenticate": "Bearer"})
     if isinstance(exc, exceptions.PermissionDenied):
-        return Response(error_body("forbidden", str(exc.detail)), status=403)
+        return _response(403, "forbidden", _detail_text(exc.detail))
     if isinstance(exc, exceptions.NotFound):
-        return Response(error_body("not_found", "Not found"), status=404)
-    # Imported here: rest_framework.views imports the authentication classes,
-    # which import this module.
-    from rest_framework.views import exception_handler as drf_exception_handler
-
-    response = drf_exception_handler(exc, context)
-    if response is not None:
-        response.data = error_body(getattr(exc, "default_code", "error"), str(response.data))
-        return response
+        return _response(404, "not_found", "Not found")
+    if isinstance(exc, exceptions.Throttled):
+        wait = max(1, math.ceil(getattr(exc, "wait", None) or 1))
+        return _response(
+            429, "rate_limited", f"Too many requests; try again in {wait} s", {"Retry-After": str(wait)}
+        )
+    if isinstance(exc, exceptions.APIException):
+        code = exc.default_code if isinstance(exc.default_code, str) else "error"
+        return _response(exc.status_code, code, _detail_text(exc.detail))
     logger.exception("unhandled error in %s", context.get("view"))
-    return Response(
-        error_body("internal_error", "The server failed to handle this request; it has been logged."),
-        status=500,
-    )
+    return _response(500, "internal_error", "The server failed to handle this request; it has been logged.")
 
 
 def json_404(request: HttpRequest, exception: Exception | None = None) -> JsonResponse:

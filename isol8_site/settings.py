@@ -37,6 +37,17 @@ def env_float(name: str, default: float) -> float:
     return float(env(name, str(default)))
 
 
+def env_quota(name: str, default: int | None) -> int | None:
+    """A quota: a positive integer, or ``none``/``unlimited`` (or empty) for no limit."""
+    raw = env(name, "none" if default is None else str(default)).strip().lower()
+    if raw in ("", "none", "unlimited"):
+        return None
+    value = int(raw)
+    if value < 1:
+        raise ValueError(f"{name}: a quota is a positive integer or 'none', got {raw!r}")
+    return value
+
+
 def env_bool(name: str, default: bool) -> bool:
     return env(name, "1" if default else "0").lower() in ("1", "true", "yes", "on")
 
@@ -85,6 +96,9 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "isol8_site.middleware.BodySizeLimitMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    # Static files (the admin's CSS and JS) straight from the web process,
+    # compressed and with content-hashed names cached for a year.
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -138,8 +152,14 @@ LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
-STATIC_URL = "static/"
-STATIC_ROOT = DATA_DIR / "static"
+STATIC_URL = "/static/"
+# Collected by `collectstatic` (bootstrap does it) and served by WhiteNoise. Not
+# under DATA_DIR: it is built from the code, like the images, not service state.
+STATIC_ROOT = Path(env("ISOL8_STATIC_ROOT", str(BASE_DIR / "var" / "static")))
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},
+}
 
 # Redis: Celery broker, quota counters, result push and event storage.
 REDIS_URL = env("REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -163,6 +183,9 @@ REST_FRAMEWORK = {
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "EXCEPTION_HANDLER": "isol8_site.errors.exception_handler",
+    # JSON routes answer JSON whatever Accept says; stream routes negotiate
+    # text/event-stream themselves (isol8_site/negotiation.py).
+    "DEFAULT_CONTENT_NEGOTIATION_CLASS": "isol8_site.negotiation.JsonOnlyNegotiation",
     "UNAUTHENTICATED_USER": None,
 }
 
@@ -273,14 +296,17 @@ ISOL8_PRUNE_SECONDS = env_float("ISOL8_PRUNE_SECONDS", 60.0)
 ISOL8_EVENT_RETENTION = env_int("EVENT_RETENTION", 3600)
 # SSE keep-alive comment interval (api.md: a silent program keeps its stream).
 ISOL8_SSE_KEEPALIVE = env_float("ISOL8_SSE_KEEPALIVE", 10.0)
-# Tenant quota defaults for new tenants (api.md "Defaults").
-ISOL8_TENANT_DEFAULTS = {
-    "max_concurrent": env_int("ISOL8_TENANT_MAX_CONCURRENT", 5),
-    "max_per_minute": env_int("ISOL8_TENANT_MAX_PER_MINUTE", 120),
-    "max_sessions": env_int("ISOL8_TENANT_MAX_SESSIONS", 20),
+# Tenant quota defaults for new tenants (api.md "Defaults"); "none" = no limit.
+# The master key's `default` tenant has no limits of its own (tenants/models.py).
+ISOL8_TENANT_DEFAULTS: dict[str, int | None] = {
+    "max_concurrent": env_quota("ISOL8_TENANT_MAX_CONCURRENT", 5),
+    "max_per_minute": env_quota("ISOL8_TENANT_MAX_PER_MINUTE", 120),
+    "max_sessions": env_quota("ISOL8_TENANT_MAX_SESSIONS", 20),
     "max_timeout_ms": env_int("ISOL8_TENANT_MAX_TIMEOUT_MS", 300_000),
     "max_memory": env_int("ISOL8_TENANT_MAX_MEMORY", 2 * 1024**3),
 }
+# How long a stream token (for browsers' EventSource/WebSocket) stays valid.
+ISOL8_STREAM_TOKEN_TTL = env_int("ISOL8_STREAM_TOKEN_TTL", 300)
 # Seconds between the last-used stamps written for an API key: a write per
 # request would put a database write on every hot path.
 ISOL8_KEY_LAST_USED_RESOLUTION = env_int("ISOL8_KEY_LAST_USED_RESOLUTION", 60)

@@ -20,6 +20,7 @@ urlpatterns = [
     path("executions/<str:execution_id>", executions.ExecutionDetailApi.as_view()),
     path("executions/<str:execution_id>/events", executions.ExecutionEventsApi.as_view()),
     path("executions/<str:execution_id>/cancel", executions.ExecutionCancelApi.as_view()),
+    path("executions/<str:execution_id>/token", executions.ExecutionTokenApi.as_view()),
     path("sessions", sessions.SessionListApi.as_view()),
     path("session/<str:session_id>", sessions.SessionDeleteApi.as_view()),
     path("file", sessions.FileApi.as_view()),

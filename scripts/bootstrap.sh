@@ -24,6 +24,8 @@ command -v dockerd >/dev/null || missing+=(docker.io)
 command -v redis-server >/dev/null || missing+=(redis-server)
 command -v debootstrap >/dev/null || missing+=(debootstrap)
 python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
+# The browser tests drive the distribution's Chromium (Playwright never downloads one).
+[ $DEV = 1 ] && ! command -v chromium >/dev/null && missing+=(chromium)
 if [ ${#missing[@]} -gt 0 ]; then
   say "installing ${missing[*]}"
   as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
@@ -62,5 +64,7 @@ fi
 
 say "migrating the database"
 .venv/bin/python manage.py migrate --noinput -v 0
+say "collecting static files (admin styles)"
+.venv/bin/python manage.py collectstatic --noinput -v 0
 say "building sandbox images (only what changed)"
 .venv/bin/python manage.py build_images

@@ -125,7 +125,7 @@ def _claim(session: Session, owner: uuid.UUID) -> None:
 
 
 def _session_create(*, tenant: Tenant, session_id: str, runtime: str, limits: Limits) -> Session:
-    if live_session_count(tenant=tenant) >= tenant.max_sessions:
+    if tenant.max_sessions is not None and live_session_count(tenant=tenant) >= tenant.max_sessions:
         raise quota_exceeded(
             f"Quota exceeded: at most {tenant.max_sessions} live sessions; delete one first", 30
         )

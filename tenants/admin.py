@@ -59,12 +59,16 @@ class TenantAdmin(admin.ModelAdmin):
         except Exception as exc:  # noqa: BLE001 - the page must render when Redis is down
             return f"unavailable ({exc.__class__.__name__})"
         return (
-            f"{usage.running}/{obj.max_concurrent} running, "
-            f"{usage.last_minute}/{obj.max_per_minute} this minute, "
-            f"{usage.sessions}/{obj.max_sessions} sessions, "
+            f"{usage.running}/{_cap(obj.max_concurrent)} running, "
+            f"{usage.last_minute}/{_cap(obj.max_per_minute)} this minute, "
+            f"{usage.sessions}/{_cap(obj.max_sessions)} sessions, "
             f"{usage.month_seconds:.0f}s this month"
-            + (f" of {obj.monthly_seconds}s" if obj.monthly_seconds else "")
+            + (f" of {obj.monthly_seconds}s" if obj.monthly_seconds is not None else "")
         )
+
+
+def _cap(value: int | None) -> str:
+    return "∞" if value is None else str(value)
 
 
 class ApiKeyAddForm(forms.ModelForm):

@@ -20,15 +20,21 @@ from rest_framework.request import Request
 from isol8_site.errors import ApiError, unauthorized
 from tenants.models import ApiKey, Tenant
 from tenants.services import apikey_touch, key_digest, tenant_ensure_default
+from tenants.tokens import TokenInvalidError, stream_token_read
 
 
 @dataclass
 class Principal:
-    """Who is calling: a tenant, through one of its keys or the master key."""
+    """Who is calling: a tenant, through one of its keys or the master key.
+
+    ``scope`` is set when the caller came with a stream token instead of a
+    key: it may then read only that one stream (tenants/tokens.py).
+    """
 
     tenant: Tenant
     api_key: ApiKey | None
     is_master: bool
+    scope: str | None = None
 
     is_authenticated = True
     is_anonymous = False
@@ -85,6 +91,27 @@ class ApiKeyAuthentication(BaseAuthentication):
 
     def authenticate_header(self, request: Request) -> str:
         return "Bearer"
+
+
+class StreamTokenAuthentication(ApiKeyAuthentication):
+    """The API key as everywhere, or else a stream token in ``?token=`` (stream routes only).
+
+    The token must be for the scope the view names in ``token_scope(kwargs)``;
+    an API key in the query string is never accepted (it is not a token).
+    """
+
+    def authenticate(self, request: Request) -> tuple[Principal, Any]:
+        token = request.query_params.get("token")
+        if request.META.get("HTTP_AUTHORIZATION") or not token:
+            return super().authenticate(request)
+        view = request.parser_context.get("view") if request.parser_context else None
+        scope = view.token_scope(**view.kwargs) if view is not None else ""
+        try:
+            tenant, api_key = stream_token_read(token=token, scope=scope)
+        except TokenInvalidError as exc:
+            raise unauthorized(str(exc)) from exc
+        principal = Principal(tenant=tenant, api_key=api_key, is_master=False, scope=scope)
+        return principal, None
 
 
 class IsTenant(BasePermission):

@@ -20,28 +20,50 @@ def default_networks() -> list[str]:
     return ["none"]
 
 
-def _tenant_default(name: str) -> int:
-    return int(settings.ISOL8_TENANT_DEFAULTS[name])
+def _tenant_default(name: str) -> int | None:
+    value = settings.ISOL8_TENANT_DEFAULTS[name]
+    return None if value is None else int(value)
 
 
-def default_max_concurrent() -> int:
+def default_max_concurrent() -> int | None:
     return _tenant_default("max_concurrent")
 
 
-def default_max_per_minute() -> int:
+def default_max_per_minute() -> int | None:
     return _tenant_default("max_per_minute")
 
 
-def default_max_sessions() -> int:
+def default_max_sessions() -> int | None:
     return _tenant_default("max_sessions")
 
 
+def _tenant_cap(name: str) -> int:
+    value = settings.ISOL8_TENANT_DEFAULTS[name]
+    if value is None:
+        raise ValueError(f"the tenant cap {name} needs a value")
+    return int(value)
+
+
 def default_max_timeout_ms() -> int:
-    return _tenant_default("max_timeout_ms")
+    return _tenant_cap("max_timeout_ms")
 
 
 def default_max_memory() -> int:
-    return _tenant_default("max_memory")
+    return _tenant_cap("max_memory")
+
+
+# The built-in tenant of the master key behaves like isol8's single-key server:
+# no per-minute, session or monthly limit, as many runs at once as the server's
+# maxConcurrent allows, and package installs. New tenants get the settings'
+# conservative defaults instead.
+DEFAULT_TENANT_FIELDS: dict[str, object] = {
+    "name": "Default (master key)",
+    "max_concurrent": None,
+    "max_per_minute": None,
+    "max_sessions": None,
+    "monthly_seconds": None,
+    "allow_installs": True,
+}
 
 
 class Tenant(models.Model):
@@ -59,17 +81,20 @@ class Tenant(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
 
     # Quotas and caps. A request over a cap is refused (403 policy_denied), never
-    # silently lowered; a quota that is used up gives 429 quota_exceeded.
+    # silently lowered; a quota that is used up gives 429 quota_exceeded. An
+    # empty quota means no limit of its own (the server's maxConcurrent still
+    # bounds concurrency).
     max_concurrent = models.PositiveIntegerField(
-        default=default_max_concurrent, validators=[MinValueValidator(1)],
-        help_text="Executions running at once.",
+        null=True, blank=True, default=default_max_concurrent, validators=[MinValueValidator(1)],
+        help_text="Executions running at once; empty = up to the server's maxConcurrent.",
     )
     max_per_minute = models.PositiveIntegerField(
-        default=default_max_per_minute, validators=[MinValueValidator(1)],
-        help_text="Executions started per rolling minute.",
+        null=True, blank=True, default=default_max_per_minute, validators=[MinValueValidator(1)],
+        help_text="Executions started per rolling minute; empty = unlimited.",
     )
     max_sessions = models.PositiveIntegerField(
-        default=default_max_sessions, help_text="Live persistent sessions."
+        null=True, blank=True, default=default_max_sessions,
+        help_text="Live persistent sessions; empty = unlimited.",
     )
     max_timeout_ms = models.PositiveIntegerField(
         default=default_max_timeout_ms, validators=[MinValueValidator(1)],

@@ -12,7 +12,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from tenants.models import ApiKey, Tenant
+from tenants.models import DEFAULT_TENANT_FIELDS, ApiKey, Tenant
 
 KEY_PREFIX = "isol8_"
 PREFIX_LENGTH = 10
@@ -40,9 +40,7 @@ def tenant_create(*, slug: str, name: str = "", **quotas: object) -> Tenant:
 
 def tenant_ensure_default() -> Tenant:
     """The built-in tenant the master key executes under (read fresh: quotas may change)."""
-    tenant, _ = Tenant.objects.get_or_create(
-        slug=settings.ISOL8_DEFAULT_TENANT, defaults={"name": "Default (master key)"}
-    )
+    tenant, _ = Tenant.objects.get_or_create(slug=settings.ISOL8_DEFAULT_TENANT, defaults=DEFAULT_TENANT_FIELDS)
     return tenant
 
 

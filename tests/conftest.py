@@ -21,9 +21,13 @@ from typing import Any
 import httpx
 import pytest
 from django.conf import settings
+from django.core.management import call_command
 
 ROOT = Path(__file__).resolve().parent.parent
 MODES = [m for m in os.environ.get("ISOL8_TEST_MODES", "launcher,exec").split(",") if m]
+# For tests of the web tier (negotiation, admin pages, browsers): the sandbox mode
+# changes nothing there, so they run against the first mode's stack only.
+one_mode = pytest.mark.parametrize("stack", MODES[:1], indirect=True)
 
 
 def free_port() -> int:
@@ -79,7 +83,7 @@ class Stack:
         log = open(self.log_dir / f"{name}-{self.mode}.log", "ab")  # noqa: SIM115 - lives with the process
         proc = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "isol8_site", "worker", "-P", "threads",
-             "-c", "8", "-Q", queues, "-n", f"{name}@{host}", "-l", "INFO",
+             "-c", str(settings.ISOL8_WORKER_CONCURRENCY), "-Q", queues, "-n", f"{name}@{host}", "-l", "INFO",
              "--without-gossip", "--without-mingle", "--without-heartbeat"],
             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
         )
@@ -109,6 +113,8 @@ def stack(request: pytest.FixtureRequest, django_db_setup: Any, django_db_blocke
     if missing:
         pytest.fail(f"sandbox images missing: {missing}; run `python manage.py build_images`")
     mode = request.param
+    # The admin's styles and scripts, as `make run` serves them (quick when unchanged).
+    call_command("collectstatic", interactive=False, verbosity=0)
     db_name = settings.DATABASES["default"]["NAME"]
     port = free_port()
     log_dir = Path(settings.DATA_DIR) / "logs"
