@@ -43,7 +43,7 @@ class TenantAdmin(admin.ModelAdmin):
                 "fields": (
                     "max_concurrent", "max_per_minute", "max_sessions", "monthly_seconds",
                     "max_timeout_ms", "max_memory", "max_cpu", "max_pids", "max_output_size",
-                    "allowed_runtimes", "allowed_networks",
+                    "allowed_runtimes", "allowed_networks", "allow_installs",
                 )
             },
         ),
@@ -51,6 +51,8 @@ class TenantAdmin(admin.ModelAdmin):
 
     @admin.display(description="Usage now")
     def usage(self, obj: Tenant) -> str:
+        if obj.pk is None:
+            return "-"
         # Imported here: the quota module reads Redis and is not needed to import admin.
         from executions.quotas import tenant_usage
 

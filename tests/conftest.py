@@ -30,6 +30,20 @@ MODES = [m for m in os.environ.get("ISOL8_TEST_MODES", "launcher,exec").split(",
 one_mode = pytest.mark.parametrize("stack", MODES[:1], indirect=True)
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Transactional tests flush every table but the content types.
+
+    The stack's web processes outlive single tests and cache content type ids
+    (the admin's change log refers to them); a flush that re-created those
+    rows under new ids would leave the admin writing dangling references.
+    """
+    kept = "django.contrib.contenttypes"
+    apps = [app for app in settings.INSTALLED_APPS if app != kept]
+    for item in items:
+        if "transactional_db" in getattr(item, "fixturenames", ()) and item.get_closest_marker("django_db") is None:
+            item.add_marker(pytest.mark.django_db(transaction=True, available_apps=apps))
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -120,7 +134,7 @@ def stack(request: pytest.FixtureRequest, django_db_setup: Any, django_db_blocke
     log_dir = Path(settings.DATA_DIR) / "logs"
     log_dir.mkdir(exist_ok=True)
     env = {
-        **os.environ,
+        **{k: v for k, v in os.environ.items() if k != "DJANGO_ALLOW_ASYNC_UNSAFE"},
         "DATABASE_URL": f"sqlite:///{db_name}",
         "ISOL8_SANDBOX_MODE": mode,
         "PYTHONUNBUFFERED": "1",

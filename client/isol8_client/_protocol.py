@@ -51,6 +51,10 @@ def auth_headers(api_key: str) -> dict[str, str]:
     }
 
 
+# The stream route answers text/event-stream (and 406 to an Accept that excludes it).
+STREAM_HEADERS = {"Accept": "text/event-stream"}
+
+
 def to_camel(name: str) -> str:
     """``memory_limit`` → ``memoryLimit``; names already in camelCase pass through."""
     if name in _OPTION_ALIASES:

@@ -204,7 +204,7 @@ class RemoteIsol8:
         """Send the stream request and return the open 2xx response (retrying like _call)."""
         attempt = 0
         while True:
-            request = self._http.build_request("POST", "/execute/stream", json=body)
+            request = self._http.build_request("POST", "/execute/stream", json=body, headers=proto.STREAM_HEADERS)
             try:
                 response = self._http.send(request, stream=True)
             except httpx.TransportError as exc:

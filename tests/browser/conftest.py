@@ -19,10 +19,6 @@ import pytest
 
 from tests.conftest import ROOT
 
-# Playwright's sync API keeps an event loop in the test thread; Django would then
-# refuse ORM calls made by the tests themselves (fixtures, assertions).
-os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-
 SCREENSHOTS = ROOT / "var" / "screenshots"
 CHROMIUM_FLAGS = [
     "--no-sandbox",  # the tests run as root
@@ -46,11 +42,20 @@ def chromium_path() -> str:
     pytest.fail("Chromium is not installed: run `scripts/bootstrap.sh --dev` (it installs Debian's chromium)")
 
 
-@pytest.fixture(scope="session")
-def browser() -> Iterator[Any]:
+@pytest.fixture
+def browser(stack: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """A fresh Chromium per test.
+
+    Per test, not per session: Playwright's sync API runs an event loop in the
+    test thread for as long as it is started, which would break every later
+    test that calls ``asyncio.run``. While it runs, Django must also be told
+    that the tests' own ORM calls are fine (the stack, already started, does
+    not inherit this).
+    """
     from playwright.sync_api import sync_playwright
 
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
     with sync_playwright() as playwright:
         launched = playwright.chromium.launch(executable_path=chromium_path(), headless=True, args=CHROMIUM_FLAGS)
         yield launched

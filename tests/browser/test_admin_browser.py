@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import threading
+import uuid
 from typing import Any
 
 import pytest
@@ -55,14 +56,17 @@ def test_the_login_page_is_styled_before_anyone_logs_in(page, stack):
 
 
 def test_a_tenant_and_a_key_made_through_the_admin_forms_can_run_code(admin_page, stack):
-    slug = f"browser-{id(admin_page) % 100000}"
+    slug = f"browser-{uuid.uuid4().hex[:8]}"
     admin_page.goto(f"{stack.url}/admin/tenants/tenant/add/")
     admin_page.fill("#id_slug", slug)
     admin_page.fill("#id_name", "Made in a browser")
     admin_page.fill("#id_max_per_minute", "")  # blank: no per-minute limit
     screenshot(admin_page, "admin-tenant-add")
     admin_page.click("input[name=_save]")
-    admin_page.wait_for_selector(".messagelist .success")
+    admin_page.wait_for_load_state()
+    screenshot(admin_page, "admin-tenant-saved")
+    assert admin_page.locator(".errornote").count() == 0, admin_page.inner_text("#content")
+    assert "was added successfully" in admin_page.inner_text(".messagelist")
     tenant = Tenant.objects.get(slug=slug)
     assert tenant.max_per_minute is None and tenant.max_concurrent == 5
 
