@@ -58,10 +58,11 @@ def exec_run(container_id: str, argv: list[str]) -> Iterator[Probe]:
     own connection to the engine, as the worker's threads do.
     """
     container = sandbox.client().containers.get(container_id)
+    user = f"{container.labels[sandbox.LABEL_UID]}:{container.labels[sandbox.LABEL_UID]}"
 
     def probe() -> Timing:
         start = time.perf_counter()
-        result = container.exec_run(argv, user=sandbox.CODE_USER)
+        result = container.exec_run(argv, user=user)
         elapsed = (time.perf_counter() - start) * 1000
         check_output(result.output.decode(errors="replace"), result.exit_code)
         return Timing(elapsed)
@@ -209,6 +210,7 @@ def baseline_container(*, runtime: str, host_label: str) -> Iterator[str]:
         limits=default_limits(),
         labels={sandbox.LABEL_HOST: host_label, sandbox.LABEL_RUNTIME: runtime},
         mode="exec",
+        uid=sandbox.uids().allocate(),
     )
     container = sandbox.client().containers.create(**config)
     try:

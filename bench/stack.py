@@ -140,9 +140,10 @@ class Stack:
         self.url = f"http://127.0.0.1:{port}"
         from django.conf import settings
 
+        from isol8_site.web import uvicorn_argv
+
         # As `serve` runs it (ISOL8_WEB_WORKERS uvicorn processes).
-        self._spawn("web", ["-m", "uvicorn", "isol8_site.asgi:application", "--port", str(port),
-                            "--workers", str(settings.ISOL8_WEB_WORKERS), "--no-access-log"])
+        self._spawn("web", uvicorn_argv(port=port, workers=settings.ISOL8_WEB_WORKERS)[1:])
         host = self.env.host
         queues = f"{self.env.overrides['ISOL8_RUN_QUEUE']},isol8.host.{host}"
         self._spawn("worker", [

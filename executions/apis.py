@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlencode
 
+from asgiref.sync import async_to_sync
 from django.http import HttpResponse, StreamingHttpResponse
 from django.utils.dateparse import parse_datetime
 from rest_framework import serializers
@@ -78,8 +79,15 @@ class ExecuteStreamApi(ExecuteBase):
     content_negotiation_class = EventStreamNegotiation
 
     def post(self, request: Request) -> StreamingHttpResponse:
-        execution = self.start(request)
-        return sse_response(events.stream_events(execution.pk, after=0), execution.pk)
+        slot = events.StreamSlot(principal_of(request).tenant.slug)
+        slot.acquire()
+        try:
+            execution = self.start(request)
+        except BaseException:
+            async_to_sync(slot.release)()
+            raise
+        stream = events.stream_events(execution.pk, after=0, fresh=True, on_tick=slot.refresh)
+        return sse_response(events.held(stream, slot), execution.pk)
 
 
 class ExecutionListApi(APIView):
@@ -163,7 +171,10 @@ class ExecutionEventsApi(APIView):
         if execution is None:
             raise not_found("Execution not found")
         last = request.META.get("HTTP_LAST_EVENT_ID") or request.query_params.get("lastEventId")
-        return sse_response(events.stream_for(execution, after=events.parse_last_event_id(last)), execution.pk)
+        slot = events.StreamSlot(principal.tenant.slug)
+        slot.acquire()
+        stream = events.stream_for(execution, after=events.parse_last_event_id(last), on_tick=slot.refresh)
+        return sse_response(events.held(stream, slot), execution.pk)
 
 
 class ExecutionTokenApi(APIView):

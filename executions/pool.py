@@ -102,7 +102,7 @@ class SandboxPool:
     # ------------------------------------------------------------- acquire
 
     def acquire(
-        self, *, tenant: str, runtime: str, limits: Limits, labels: dict[str, str], image: str | None = None
+        self, *, tenant: str, runtime: str, limits: Limits, image: str | None = None
     ) -> Sandbox:
         """A clean sandbox for ``tenant``: its own reset one, a warm one, or a new one."""
         key: Key = (image or runtime, limits.container_profile())
@@ -126,9 +126,11 @@ class SandboxPool:
                 box.tenant = tenant
                 self._wake.notify_all()  # refill
                 return box
-        # Nothing ready: start one now (the cold path, ~200-300 ms).
+        # Nothing ready: start one now (the cold path, ~200-300 ms). It is kept for
+        # this tenant's later runs, so it names the tenant, not this execution.
         box = sandbox.create_sandbox(
-            runtime=runtime, limits=limits, labels={sandbox.LABEL_TENANT: tenant, **labels}, image=image
+            runtime=runtime, limits=limits, labels={sandbox.LABEL_TENANT: tenant, sandbox.LABEL_POOL: "tenant"},
+            image=image,
         )
         box.tenant = tenant
         self._prepare(box)

@@ -175,6 +175,16 @@ def release(*, tenant_slug: str, execution_id: str, seconds: float = 0.0, pipe: 
             p.expire(month, 40 * 86400)
 
 
+def charge(*, tenant_slug: str, seconds: float) -> None:
+    """Add ``seconds`` to the tenant's month (CPU its sessions used between runs)."""
+    if seconds <= 0:
+        return
+    _, _, month = _keys(tenant_slug)
+    with pipeline() as p:
+        p.incrbyfloat(month, seconds)
+        p.expire(month, 40 * 86400)
+
+
 @dataclass(frozen=True)
 class Usage:
     running: int

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import codecs
 import posixpath
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -96,6 +97,8 @@ def build_request(
             p if p.startswith("/") else posixpath.join(SANDBOX, p) for p in spec.output_paths
         ],
         "maxFileBytes": max_file_bytes,
+        # All outputPaths together (each file counted once, no symlinks followed).
+        "maxOutputFilesBytes": settings.ISOL8_OUTPUT_FILES_MAX,
         # One-shot sandboxes are reset after the run anyway; killing leftovers
         # at once also gives their pipes EOF. Sessions keep background processes.
         "killLeftovers": not in_session,
@@ -114,28 +117,44 @@ def build_request(
 class Masker:
     """Replaces secret values with ``***`` in a stream of text.
 
-    A chunk may end in the middle of a secret, so the longest tail that could
-    still grow into one is held back until the next chunk (or the end).
+    One compiled alternation replaces every secret in a single pass over each
+    chunk (longest secrets first, so a secret containing another is masked
+    whole). A chunk may end in the middle of a secret, so the longest tail
+    that could still grow into one is held back until the next chunk (or the
+    end); finding it looks only at the last ``longest - 1`` characters and
+    only where a secret's first character occurs. With at most
+    ISOL8_MAX_SECRETS secrets of at most ISOL8_MAX_SECRET_BYTES, the cost is
+    linear in the output.
     """
 
     def __init__(self, secrets: list[str]) -> None:
         self.secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
+        self.pattern = re.compile("|".join(map(re.escape, self.secrets))) if self.secrets else None
+        self.window = len(self.secrets[0]) - 1 if self.secrets else 0
         self.pending = ""
 
     def feed(self, text: str) -> str:
-        if not self.secrets:
+        if self.pattern is None:
             return text
-        text = self.pending + text
-        for secret in self.secrets:
-            text = text.replace(secret, "***")
-        hold = 0
-        for secret in self.secrets:
-            for size in range(min(len(secret) - 1, len(text)), hold, -1):
-                if text.endswith(secret[:size]):
-                    hold = size
-                    break
+        text = self.pattern.sub("***", self.pending + text)
+        hold = self._partial_secret_at_end(text)
         self.pending = text[len(text) - hold :] if hold else ""
         return text[: len(text) - hold] if hold else text
+
+    def _partial_secret_at_end(self, text: str) -> int:
+        """Length of the longest end of ``text`` that a secret starts with (0: none)."""
+        tail = text[-self.window :] if self.window else ""
+        best = 0
+        for secret in self.secrets:
+            first = secret[0]
+            start = max(0, len(tail) - len(secret) + 1)
+            position = tail.find(first, start)
+            while position != -1 and len(tail) - position > best:
+                if secret.startswith(tail[position:]):
+                    best = len(tail) - position
+                    break
+                position = tail.find(first, position + 1)
+        return best
 
     def flush(self) -> str:
         rest, self.pending = self.pending, ""

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import secrets
 import shutil
 import socket
 import struct
@@ -35,20 +36,24 @@ from typing import Any
 import docker
 import docker.errors
 import docker.types
+import requests
 from django.conf import settings
 
 from executions.spec import Limits
 
 logger = logging.getLogger(__name__)
 
-CODE_USER = "1000:1000"
 KEEPALIVE_USER = "65534:65534"  # nobody: the exec-mode keep-alive never shares the code's uid
 LAUNCHER_PATH = "/opt/isol8/isol8_launcher.py"
 LAUNCHER_ARGV = ["python3", "-I", LAUNCHER_PATH]
+# The containers' init (PID 1, reaps orphans), shipped in the images: Docker's
+# own `init` would bind-mount a host binary into every sandbox.
+INIT = ["/usr/bin/tini", "--"]
+LABEL_UID = "isol8.uid"
+IDENTITY_DIR = "/run/isol8"
 LABEL_MANAGED = "isol8.managed"
 LABEL_HOST = "isol8.host"
 LABEL_TENANT = "isol8.tenant"
-LABEL_EXECUTION = "isol8.execution"
 LABEL_SESSION = "isol8.session"
 LABEL_RUNTIME = "isol8.runtime"
 LABEL_POOL = "isol8.pool"
@@ -67,6 +72,75 @@ class DockerUnavailableError(SandboxError):
     pass
 
 
+class UidAllocator:
+    """Picks each sandbox's code uid: one no host account and no other live sandbox has.
+
+    Per-user kernel limits (inotify instances, POSIX message queue bytes,
+    ...) are counted per host uid. With one code uid for every sandbox, one
+    tenant's code could use them up for all; with a uid per sandbox it only
+    meets its own. (Docker's userns-remap would not help: it maps every
+    container's uid 1000 to the same host uid.) The range is checked against
+    this host's accounts at start; uids of the engine's live sandboxes, read
+    from their labels, are never handed out again.
+    """
+
+    # A uid handed out this recently counts as used even if no container
+    # carries it yet (its container may be being created right now).
+    PENDING_SECONDS = 300.0
+
+    def __init__(self, base: int, count: int) -> None:
+        self.base, self.count = base, count
+        self.used: set[int] = set()
+        self.recent: dict[int, float] = {}
+        self.lock = threading.Lock()
+
+    def check_host_accounts(self, passwd: Path = Path("/etc/passwd")) -> None:
+        """Refuse a range that overlaps an account of this machine."""
+        try:
+            lines = passwd.read_text().splitlines()
+        except OSError:
+            return
+        for line in lines:
+            fields = line.split(":")
+            if len(fields) > 2 and fields[2].isdigit() and self.base <= int(fields[2]) < self.base + self.count:
+                raise SandboxError(
+                    f"ISOL8_SANDBOX_UID_BASE: uid {fields[2]} of host account {fields[0]!r} is in the sandbox range"
+                )
+
+    def sync(self, live: set[int]) -> None:
+        """Taken: the uids the engine's sandboxes carry (their labels), and those just handed out."""
+        now = time.monotonic()
+        with self.lock:
+            self.recent = {uid: at for uid, at in self.recent.items() if now - at < self.PENDING_SECONDS}
+            self.used = set(live) | set(self.recent)
+
+    def allocate(self) -> int:
+        with self.lock:
+            if len(self.used) >= self.count:
+                raise SandboxError("no free sandbox uid left (ISOL8_SANDBOX_UID_COUNT)")
+            while True:
+                uid = self.base + secrets.randbelow(self.count)
+                if uid not in self.used:
+                    self.used.add(uid)
+                    self.recent[uid] = time.monotonic()
+                    return uid
+
+    def release(self, uid: int) -> None:
+        with self.lock:
+            self.used.discard(uid)
+            self.recent.pop(uid, None)
+
+
+_uids: UidAllocator | None = None
+
+
+def uids() -> UidAllocator:
+    global _uids
+    if _uids is None:
+        _uids = UidAllocator(settings.ISOL8_SANDBOX_UID_BASE, settings.ISOL8_SANDBOX_UID_COUNT)
+    return _uids
+
+
 _local = threading.local()
 
 
@@ -80,8 +154,12 @@ def client() -> docker.DockerClient:
 
 
 def docker_ping() -> bool:
+    """Does the engine answer within a few seconds? (A client of its own: the heartbeat must not hang.)"""
     try:
-        return bool(client().ping())
+        pinger = getattr(_local, "pinger", None)
+        if pinger is None:
+            pinger = _local.pinger = docker.from_env(timeout=3)
+        return bool(pinger.ping())
     except Exception:  # noqa: BLE001 - any failure means not reachable
         return False
 
@@ -235,6 +313,7 @@ def hardened_config(
     mode: str,
     egress: bool = False,
     image: str | None = None,
+    uid: int,
 ) -> dict[str, Any]:
     """``containers.create`` arguments: sandbox.md's hardening baseline, every control.
 
@@ -250,13 +329,16 @@ def hardened_config(
         "tmpfs": {
             "/tmp": f"rw,noexec,nosuid,nodev,size={limits.tmp_size},nr_inodes={inodes}",
             "/sandbox": (
-                f"rw,exec,nosuid,nodev,size={limits.sandbox_size},nr_inodes={inodes},uid=1000,gid=1000"
+                f"rw,exec,nosuid,nodev,size={limits.sandbox_size},nr_inodes={inodes},uid={uid},gid={uid}"
             ),
+            # /etc/passwd and /etc/group point here: the launcher names the code user.
+            IDENTITY_DIR: "rw,noexec,nosuid,nodev,size=64k,nr_inodes=16,mode=0755"
+            + ("" if mode == "launcher" else ",uid=65534,gid=65534"),
         },
         "mem_limit": limits.memory,
         "memswap_limit": limits.memory,  # equal: no swap
         "pids_limit": limits.pids,
-        "init": True,
+        "init": False,  # tini, from the image, is PID 1 (INIT)
         "nano_cpus": int(limits.cpu * 1e9),
         "cap_drop": ["ALL"],
         "security_opt": ["no-new-privileges", f"seccomp={seccomp_profile()}"],
@@ -267,26 +349,28 @@ def hardened_config(
             docker.types.Ulimit(name="nofile", soft=settings.ISOL8_NOFILE, hard=settings.ISOL8_NOFILE),
             docker.types.Ulimit(name="fsize", soft=settings.ISOL8_FSIZE, hard=settings.ISOL8_FSIZE),
             docker.types.Ulimit(name="core", soft=0, hard=0),
+            docker.types.Ulimit(name="msgqueue", soft=settings.ISOL8_MSGQUEUE, hard=settings.ISOL8_MSGQUEUE),
         ],
-        "labels": {LABEL_MANAGED: "true", LABEL_HOST: settings.ISOL8_WORKER_HOST, **labels},
+        "labels": {LABEL_MANAGED: "true", LABEL_HOST: settings.ISOL8_WORKER_HOST, LABEL_UID: str(uid), **labels},
         "working_dir": "/sandbox",
         "environment": {},
         "log_config": docker.types.LogConfig(type="none"),
         "detach": True,
     }
     if mode == "launcher":
-        # The launcher is the main process, as root with exactly SETUID and
-        # SETGID so it can start programs as the code user. Programs it starts
-        # have empty effective, permitted, inheritable and ambient capability
-        # sets, and no-new-privileges keeps them that way.
+        # The launcher is the main process (under tini), as root with exactly
+        # SETUID, SETGID and SETPCAP: the first two to start programs as the
+        # code user, the third to empty their capability bounding set first.
+        # Programs it starts have every capability set empty, the bounding set
+        # included, and no-new-privileges keeps them that way.
         config.update(
-            command=[*LAUNCHER_ARGV, "serve"],
+            command=[*INIT, *LAUNCHER_ARGV, "serve", "--uid", str(uid)],
             user="0:0",
-            cap_add=["SETUID", "SETGID"],
+            cap_add=["SETUID", "SETGID", "SETPCAP"],
             stdin_open=True,
         )
     else:
-        config.update(command=["sleep", "infinity"], user=KEEPALIVE_USER)
+        config.update(command=[*INIT, *LAUNCHER_ARGV, "keepalive", "--uid", str(uid)], user=KEEPALIVE_USER)
     return config
 
 
@@ -328,7 +412,8 @@ class FrameReader:
             except TimeoutError as exc:
                 raise SandboxError("the launcher did not answer in time") from exc
             except OSError as exc:
-                raise SandboxError(f"lost the connection to the sandbox: {exc}") from exc
+                logger.warning("sandbox %s: connection lost: %s", self.container_id[:12], exc)
+                raise SandboxError("lost the connection to the sandbox") from exc
             if not data:
                 raise SandboxError("the sandbox closed its stream (container died?)")
             self.raw += data
@@ -376,7 +461,8 @@ class LauncherTransport:
         try:
             self.sock.sendall(encode_request(request))
         except OSError as exc:
-            raise SandboxError(f"lost the connection to the sandbox: {exc}") from exc
+            logger.warning("sandbox %s: connection lost: %s", self.container_id[:12], exc)
+            raise SandboxError("lost the connection to the sandbox") from exc
         while True:
             frame = self.reader.read(deadline)
             yield frame
@@ -397,8 +483,9 @@ class LauncherTransport:
 class ExecTransport:
     """One ``docker exec`` of the launcher in ``once`` mode per request (the fallback path)."""
 
-    def __init__(self, container_id: str) -> None:
+    def __init__(self, container_id: str, uid: int) -> None:
         self.container_id = container_id
+        self.user = f"{uid}:{uid}"
         self._active: socket.socket | None = None
 
     def call(
@@ -413,12 +500,13 @@ class ExecTransport:
                 stdin=True,
                 stdout=True,
                 stderr=True,
-                user=CODE_USER,
+                user=self.user,
                 workdir="/sandbox",
             )["Id"]
             wrapper = api.exec_start(exec_id, socket=True)
         except docker.errors.APIError as exc:
-            raise SandboxError(f"docker exec failed: {exc.explanation or exc}") from exc
+            logger.warning("docker exec in %s failed: %s", self.container_id[:12], exc.explanation or exc)
+            raise SandboxError("docker exec into the sandbox failed") from exc
         sock = _raw_socket(wrapper)
         self._active = sock
         try:
@@ -451,6 +539,7 @@ class Sandbox:
     limits: Limits
     mode: str
     transport: LauncherTransport | ExecTransport
+    uid: int  # the code user's host uid, this sandbox's alone
     tenant: str = ""  # set once a tenant used it; it is never given to another one
     created_at: float = field(default_factory=time.monotonic)
     last_used: float = field(default_factory=time.monotonic)
@@ -460,6 +549,8 @@ class Sandbox:
     reset_pending: bool = False
     image: str | None = None  # a prebuilt image, when not the runtime's own
     installed: set[str] = field(default_factory=set)  # package sets unpacked (sessions)
+    # Held by whoever talks to the launcher of a session's sandbox (a run or a file operation).
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
     def call(self, request: dict[str, Any], timeout: float) -> Iterator[Frame]:
         """Send one request; yield its frames. Any failure marks the sandbox broken."""
@@ -528,6 +619,7 @@ class Sandbox:
     def destroy(self) -> None:
         self.transport.close()
         remove_container(self.container_id)
+        uids().release(self.uid)
 
 
 def create_sandbox(
@@ -541,6 +633,7 @@ def create_sandbox(
 ) -> Sandbox:
     """Create and start a hardened container; returns once its launcher can take requests."""
     mode = mode or settings.ISOL8_SANDBOX_MODE
+    uid = uids().allocate()
     config = hardened_config(
         runtime=runtime,
         limits=limits,
@@ -548,17 +641,23 @@ def create_sandbox(
         mode=mode,
         egress=egress,
         image=image,
+        uid=uid,
     )
     try:
         container = client().containers.create(**config)
     except docker.errors.ImageNotFound as exc:
+        uids().release(uid)
         raise SandboxError(
             f"sandbox image {config['image']} is missing: run `python manage.py build_images`"
         ) from exc
     except docker.errors.APIError as exc:
-        raise SandboxError(f"creating a container failed: {exc.explanation or exc}") from exc
-    except Exception as exc:  # requests' ConnectionError when the engine is down
-        raise DockerUnavailableError(f"Docker is not reachable: {exc}") from exc
+        uids().release(uid)
+        logger.error("creating a %s sandbox failed: %s", runtime, exc.explanation or exc)
+        raise SandboxError("the Docker engine refused to create the sandbox (see the worker's log)") from exc
+    except (requests.ConnectionError, requests.Timeout, docker.errors.DockerException) as exc:
+        uids().release(uid)
+        logger.error("Docker is not reachable: %s", exc)
+        raise DockerUnavailableError("Docker is not reachable from the worker; try again shortly") from exc
     try:
         transport: LauncherTransport | ExecTransport
         if mode == "launcher":
@@ -567,12 +666,15 @@ def create_sandbox(
             container.start()
         else:
             container.start()
-            transport = ExecTransport(container.id)
-    except Exception as exc:
+            transport = ExecTransport(container.id, uid)
+    except (OSError, requests.RequestException, docker.errors.DockerException) as exc:
         remove_container(container.id)
-        raise SandboxError(f"starting a container failed: {exc}") from exc
+        uids().release(uid)
+        logger.error("starting sandbox %s failed: %s", container.id[:12], exc)
+        raise SandboxError("the sandbox container did not start (see the worker's log)") from exc
     return Sandbox(
-        container_id=container.id, runtime=runtime, limits=limits, mode=mode, transport=transport, image=image
+        container_id=container.id, runtime=runtime, limits=limits, mode=mode, transport=transport, image=image,
+        uid=uid,
     )
 
 
@@ -586,10 +688,13 @@ def adopt_sandbox(*, container_id: str, runtime: str, limits: Limits) -> Sandbox
         remove_container(container_id)
         return None
     mode = container.labels.get(LABEL_MODE, settings.ISOL8_SANDBOX_MODE)
+    uid = int(container.labels.get(LABEL_UID, "1000"))
     transport: LauncherTransport | ExecTransport = (
-        LauncherTransport(container_id) if mode == "launcher" else ExecTransport(container_id)
+        LauncherTransport(container_id) if mode == "launcher" else ExecTransport(container_id, uid)
     )
-    box = Sandbox(container_id=container_id, runtime=runtime, limits=limits, mode=mode, transport=transport)
+    box = Sandbox(
+        container_id=container_id, runtime=runtime, limits=limits, mode=mode, transport=transport, uid=uid
+    )
     box.resync()
     return box
 
@@ -710,6 +815,11 @@ class ManagedContainer:
     created: float  # unix time
 
 
+def sync_uids() -> None:
+    """Tell the uid allocator which uids this engine's sandboxes carry (any worker host's)."""
+    uids().sync({int(c.labels[LABEL_UID]) for c in list_managed() if c.labels.get(LABEL_UID, "").isdigit()})
+
+
 def list_managed(**labels: str) -> list[ManagedContainer]:
     """Every container this service started (on this engine), filtered by labels."""
     filters = [f"{LABEL_MANAGED}=true", *(f"isol8.{k}={v}" for k, v in labels.items())]
@@ -725,6 +835,15 @@ def list_managed(**labels: str) -> list[ManagedContainer]:
 def container_attrs(container_id: str) -> dict[str, Any]:
     """``docker inspect`` of a container (tests and the admin use it)."""
     return dict(client().api.inspect_container(container_id))
+
+
+def container_cpu_ns(container_id: str) -> int | None:
+    """CPU time the container has used so far (ns), from the engine; None when it cannot say."""
+    try:
+        stats = client().api.stats(container_id, stream=False, one_shot=True)
+        return int(stats["cpu_stats"]["cpu_usage"]["total_usage"])
+    except (docker.errors.DockerException, requests.RequestException, KeyError, TypeError, ValueError):
+        return None
 
 
 def container_running(container_id: str) -> bool:

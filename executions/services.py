@@ -9,6 +9,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+import redis
 from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
@@ -18,7 +19,7 @@ from executions.models import FINISHED, Execution, Status
 from executions.runner import TIMEOUT_EVENT, TIMEOUT_MARKER, truncation_marker
 from executions.spec import ExecutionSpec, Limits, RunResult
 from isol8_site.celery import host_queue
-from isol8_site.redis import get_redis, push_reply
+from isol8_site.redis import get_redis, push_reply, retrying
 from tenants.models import Tenant
 
 logger = logging.getLogger(__name__)
@@ -27,6 +28,8 @@ RESULT_KEY = "isol8:result:"
 SECRETS_KEY = "isol8:secrets:"
 CANCEL_CHANNEL = "isol8:cancel"
 RESULT_TTL = 300
+# A waiting /execute looks at the row this often (a pushed answer can be lost).
+WAIT_CHECK_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -145,25 +148,55 @@ def execution_enqueue(*, execution: Execution, queue: str | None = None) -> None
     from executions.tasks import run_execution
 
     queue = queue or settings.ISOL8_RUN_QUEUE
-    transaction.on_commit(
-        lambda: run_execution.app.send_task(
-            run_execution.name, args=(str(execution.pk),), queue=queue, ignore_result=True,
-            result_cls=_Sent,  # type: ignore[arg-type]  # send_task only sets .ignored on it
-        )
-    )
+
+    def send() -> None:
+        try:
+            run_execution.app.send_task(
+                run_execution.name, args=(str(execution.pk),), queue=queue, ignore_result=True,
+                result_cls=_Sent,  # type: ignore[arg-type]  # send_task only sets .ignored on it
+            )
+        except Exception:
+            # The broker stayed unreachable through the publish retries: the run
+            # never starts; say so in its row (the client gets 503).
+            execution_fail(execution_id=str(execution.pk), reason="The service's queue was unreachable")
+            raise
+
+    transaction.on_commit(send)
 
 
 def execution_wait(*, execution: Execution) -> tuple[int, bytes]:
     """Block until the worker pushes the result of a non-streamed execution.
 
     The worker pushes to a Redis list that this request pops: no polling, and
-    a result that arrives before the pop is not lost.
+    a result that arrives before the pop is not lost. Every WAIT_CHECK_SECONDS
+    (and after a Redis error) the row is looked at too: a run whose pushed
+    answer was lost (Redis restarted) is answered from the history instead of
+    being waited for until the deadline.
     """
     limits = Limits.from_json(execution.limits)
     wait = settings.ISOL8_QUEUE_TIMEOUT + limits.timeout_ms / 1000 + settings.ISOL8_RESULT_GRACE
-    popped = get_redis().blpop([RESULT_KEY + str(execution.pk)], timeout=wait)
-    if popped is not None:
-        return Reply.from_wire(popped[1])
+    deadline = time.monotonic() + wait
+    key = RESULT_KEY + str(execution.pk)
+    while (remaining := deadline - time.monotonic()) > 0:
+        try:
+            popped = get_redis().blpop([key], timeout=min(remaining, WAIT_CHECK_SECONDS))
+        except redis.RedisError as exc:
+            logger.warning("waiting for %s: Redis unreachable (%s)", execution.pk, exc)
+            time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+            popped = None
+        if popped is not None:
+            return Reply.from_wire(popped[1])
+        finished = Execution.objects.filter(pk=execution.pk, status__in=FINISHED).first()
+        if finished is not None and finished.started_at is None and finished.status == Status.ERROR:
+            # It never started (no worker, queue lost): safe to send again.
+            return Reply(503, {"error": f"{finished.error}; try again", "code": "unavailable"}).http()
+        if finished is not None:
+            # Its worker may be pushing the answer right now; else answer from the row.
+            try:
+                popped = get_redis().blpop([key], timeout=1)
+            except redis.RedisError:
+                popped = None
+            return Reply.from_wire(popped[1]) if popped is not None else Reply(200, result_payload(finished)).http()
     # No answer in time: the run was never picked up, or its worker died.
     execution.refresh_from_db()
     started = execution.started_at is not None
@@ -194,7 +227,7 @@ def execution_cancel(*, execution: Execution) -> Execution:
         return execution
     if execution.status == Status.RUNNING:
         # The worker running it listens for this and kills the run.
-        get_redis().publish(CANCEL_CHANNEL, str(execution.pk))
+        retrying(lambda: get_redis().publish(CANCEL_CHANNEL, str(execution.pk)), what="cancel")
     execution.refresh_from_db()
     return execution
 
@@ -206,8 +239,14 @@ def execution_fail(*, execution_id: str, reason: str) -> bool:
     ).update(status=Status.ERROR, error=reason, finished_at=timezone.now())
     if updated:
         execution = Execution.objects.select_related("tenant").get(pk=execution_id)
-        quotas.release(tenant_slug=execution.tenant.slug, execution_id=execution_id)
         _release_session(execution)
+        try:
+            retrying(
+                lambda: quotas.release(tenant_slug=execution.tenant.slug, execution_id=execution_id),
+                what="quota release",
+            )
+        except redis.RedisError:
+            logger.exception("releasing the quota of %s failed (its slot expires by itself)", execution_id)
         _announce_end(execution)
     return bool(updated)
 
@@ -278,7 +317,7 @@ def execution_spec(*, execution: Execution) -> tuple[ExecutionSpec, Limits]:
     req = execution.request
     secrets: dict[str, str] = {}
     if req.get("secretNames"):
-        raw = get_redis().getdel(SECRETS_KEY + str(execution.pk))
+        raw = retrying(lambda: get_redis().getdel(SECRETS_KEY + str(execution.pk)), what="secrets")
         secrets = json.loads(raw) if raw else {}
     spec = ExecutionSpec(
         runtime=execution.runtime,
@@ -298,11 +337,14 @@ def execution_spec(*, execution: Execution) -> tuple[ExecutionSpec, Limits]:
     return spec, Limits.from_json(execution.limits)
 
 
-def execution_finish(*, execution: Execution, result: RunResult) -> None:
+def execution_finish(*, execution: Execution, result: RunResult, live: events.LivePublisher | None = None) -> None:
     """Store the outcome, then tell whoever waits (a /execute request or SSE streams).
 
     A session's claim is released in the same commit, before anyone hears the
     result: a client that sends its next run at once finds the session free.
+    The quota release and the answer ride out a Redis restart (retried); if
+    they cannot, the waiter finds the answer in the row and the slot expires.
+    ``live``: the publisher of a streamed run's events (its terminal events go the same way).
     """
     max_history = settings.ISOL8_HISTORY_MAX_OUTPUT
     now = timezone.now()
@@ -326,22 +368,31 @@ def execution_finish(*, execution: Execution, result: RunResult) -> None:
     with transaction.atomic():
         updated = Execution.objects.filter(pk=execution.pk, status=Status.RUNNING).update(**fields)
         _release_session(execution)
-    pipe = get_redis().pipeline(transaction=False)
-    quotas.release(
-        tenant_slug=execution.tenant.slug,
-        execution_id=str(execution.pk),
-        seconds=result.duration_ms / 1000,
-        pipe=pipe,
-    )
     if updated:
         for name, value in fields.items():
             setattr(execution, name, value)
-        if not execution.streamed:
-            _push_reply(execution, reply_for(execution, result), pipe=pipe)
+    reply = reply_for(execution, result) if updated and not execution.streamed else None
     # (Not updated: the reaper or a cancel finished it first; their answer stands.)
-    pipe.execute()  # one round trip: the quota release and the result push
-    if updated and execution.streamed:
-        _publish_end(execution, result)
+
+    def release_and_answer() -> None:
+        # One round trip: the quota release and the result push.
+        pipe = get_redis().pipeline(transaction=False)
+        quotas.release(
+            tenant_slug=execution.tenant.slug,
+            execution_id=str(execution.pk),
+            seconds=result.duration_ms / 1000,
+            pipe=pipe,
+        )
+        if reply is not None:
+            _push_reply(execution, reply, pipe=pipe)
+        pipe.execute()
+
+    try:
+        retrying(release_and_answer, what=f"finishing {execution.pk}")
+    except redis.RedisError:
+        logger.exception("could not hand the result of %s to Redis; its waiter reads the row", execution.pk)
+    if updated and live is not None:
+        _publish_end(live, result)
 
 
 def reply_for(execution: Execution, result: RunResult) -> Reply:
@@ -364,38 +415,54 @@ def _push_reply(execution: Execution, reply: Reply, pipe: Any = None) -> None:
     push_reply(RESULT_KEY + str(execution.pk), reply.to_wire(), ttl=RESULT_TTL, pipe=pipe)
 
 
-def _publish_end(execution: Execution, result: RunResult) -> None:
-    """The terminal events of a stream: an error when there is one, then ``exit``."""
-    exec_id = execution.pk
+def _publish_end(live: events.LivePublisher, result: RunResult) -> None:
+    """The terminal events of a stream: an error when there is one, then ``exit``.
+
+    If live events were lost, nothing more is published: the streams end from
+    the history row, which says how the run ended.
+    """
+    if live.lost:
+        events.nudge(live.execution_id)  # the run is over: its streams end from the row now
+        return
     code = str(result.exit_code if result.exit_code is not None else 1)
     if result.setup_failed:
-        events.publish(exec_id, "error", f"Setup script failed (exit code {code})", "setup")
-        events.publish(exec_id, "exit", code, "setup")
+        live.send("error", f"Setup script failed (exit code {code})", "setup")
+        live.send("exit", code, "setup")
         return
     if result.error_code == "install_failed":
-        events.publish(exec_id, "error", result.error, "setup")
-        events.publish(exec_id, "exit", code, "setup")
+        live.send("error", result.error, "setup")
+        live.send("exit", code, "setup")
         return
     if result.status == Status.TIMEOUT:
-        events.publish(exec_id, "error", TIMEOUT_EVENT)
+        live.send("error", TIMEOUT_EVENT)
     elif result.status == Status.OOM:
-        events.publish(exec_id, "error", "OUT OF MEMORY (killed at the memory limit)")
+        live.send("error", "OUT OF MEMORY (killed at the memory limit)")
     elif result.status == Status.CANCELLED:
-        events.publish(exec_id, "error", "EXECUTION CANCELLED")
+        live.send("error", "EXECUTION CANCELLED")
     elif result.status == Status.ERROR:
-        events.publish(exec_id, "error", result.error or "The service failed to run this execution")
-    events.publish(exec_id, "exit", code)
+        live.send("error", result.error or "The service failed to run this execution")
+    live.send("exit", code)
 
 
 def _announce_end(execution: Execution) -> None:
-    """Tell waiters about an execution finished outside a worker (cancel, reaper)."""
-    if execution.streamed:
-        if not events.has_exit(execution.pk):
-            cancelled = execution.status == Status.CANCELLED
-            events.publish(execution.pk, "error", "EXECUTION CANCELLED" if cancelled else execution.error)
-            events.publish(execution.pk, "exit", "137" if cancelled else "1")
-    else:
-        _push_reply(execution, Reply(200, result_payload(execution)))
+    """Tell waiters about an execution finished outside a worker (cancel, reaper).
+
+    Best effort: if Redis cannot take it, waiters find the finished row
+    themselves (execution_wait and the SSE streams look at it).
+    """
+    try:
+        if execution.streamed:
+            if not events.has_exit(execution.pk):
+                cancelled = execution.status == Status.CANCELLED
+                events.announce_end(execution.pk, [
+                    ("error", "EXECUTION CANCELLED" if cancelled else execution.error),
+                    ("exit", "137" if cancelled else "1"),
+                ])
+        else:
+            retrying(lambda: _push_reply(execution, Reply(200, result_payload(execution))), what="answer")
+    except redis.RedisError:
+        logger.exception("could not announce the end of %s; its waiters read the row", execution.pk)
+        events.nudge(execution.pk)
 
 
 # ------------------------------------------------------------------- shapes

@@ -43,7 +43,15 @@ class StrictSerializer(serializers.Serializer):
 
 
 class Text(serializers.CharField):
-    """A string field that refuses numbers and booleans instead of converting them."""
+    """A string field that refuses numbers and booleans instead of converting them.
+
+    Nothing is trimmed: `" python"` is not `"python"`, and a value the client
+    did not mean is refused rather than quietly repaired.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("trim_whitespace", False)
+        super().__init__(**kwargs)
 
     def to_internal_value(self, data: Any) -> str:
         if not isinstance(data, str):
@@ -51,8 +59,37 @@ class Text(serializers.CharField):
         return str(super().to_internal_value(data))
 
 
+class Integer(serializers.IntegerField):
+    """A JSON integer: strings ("10"), booleans and floats (10.0) are refused, never converted."""
+
+    def to_internal_value(self, data: Any) -> int:
+        if isinstance(data, bool) or not isinstance(data, int):
+            self.fail("invalid")
+        return int(super().to_internal_value(data))
+
+
+class Number(serializers.FloatField):
+    """A JSON number (integer or not): strings and booleans are refused."""
+
+    def to_internal_value(self, data: Any) -> float:
+        if isinstance(data, bool) or not isinstance(data, (int, float)):
+            self.fail("invalid")
+        return float(super().to_internal_value(data))
+
+
+class Boolean(serializers.BooleanField):
+    """A JSON true or false: "true", "1" or 1 are refused."""
+
+    def to_internal_value(self, data: Any) -> bool:
+        if not isinstance(data, bool):
+            self.fail("invalid", input=data)
+        return data
+
+
 def check_sandbox_path(path: str, *, allow_tmp: bool) -> str:
     """A path under /sandbox (or /tmp), relative ones being relative to /sandbox."""
+    if "\x00" in path:
+        raise validation_error(f"Path {path!r} contains a NUL character")
     full = posixpath.normpath(path if path.startswith("/") else posixpath.join("/sandbox", path))
     roots = ("/sandbox", "/tmp") if allow_tmp else ("/sandbox",)
     if not any(full == r or full.startswith(r + "/") for r in roots) or full in roots:
@@ -70,7 +107,7 @@ class RequestSerializer(StrictSerializer):
     cmd = Text(required=False, allow_blank=True, trim_whitespace=False)
     codeUrl = Text(required=False, allow_blank=True)
     codeHash = Text(required=False, allow_blank=True)
-    allowInsecureCodeUrl = serializers.BooleanField(required=False)
+    allowInsecureCodeUrl = Boolean(required=False)
     stdin = Text(required=False, allow_blank=True, trim_whitespace=False)
     env = serializers.DictField(
         child=Text(allow_blank=True, trim_whitespace=False), required=False
@@ -81,7 +118,7 @@ class RequestSerializer(StrictSerializer):
     outputPaths = serializers.ListField(
         child=Text(), required=False, max_length=MAX_FILES
     )
-    timeoutMs = serializers.IntegerField(required=False, min_value=1, max_value=MAX_INT)
+    timeoutMs = Integer(required=False, min_value=1, max_value=MAX_INT)
     fileExtension = Text(required=False)
     workdir = Text(required=False)
     setupScript = Text(required=False, allow_blank=True, trim_whitespace=False)
@@ -148,11 +185,11 @@ class OptionsSerializer(StrictSerializer):
         "poolSize", "readonlyRootFs", "security", "image", "audit",
     )
 
-    timeoutMs = serializers.IntegerField(required=False, min_value=1, max_value=MAX_INT)
+    timeoutMs = Integer(required=False, min_value=1, max_value=MAX_INT)
     memoryLimit = serializers.JSONField(required=False)
-    cpuLimit = serializers.FloatField(required=False, min_value=0.01, max_value=64)
-    pidsLimit = serializers.IntegerField(required=False, min_value=8, max_value=65536)
-    maxOutputSize = serializers.IntegerField(required=False, min_value=1, max_value=MAX_INT)
+    cpuLimit = Number(required=False, min_value=0.01, max_value=64)
+    pidsLimit = Integer(required=False, min_value=8, max_value=65536)
+    maxOutputSize = Integer(required=False, min_value=1, max_value=MAX_INT)
     sandboxSize = serializers.JSONField(required=False)
     tmpSize = serializers.JSONField(required=False)
     secrets = serializers.DictField(
@@ -161,9 +198,16 @@ class OptionsSerializer(StrictSerializer):
     network = serializers.ChoiceField(choices=NETWORK_MODES, required=False)
 
     def validate_secrets(self, value: dict[str, str]) -> dict[str, str]:
-        for name in value:
+        # Bounded so that masking every output chunk stays cheap (executions/runner.py Masker).
+        if len(value) > settings.ISOL8_MAX_SECRETS:
+            raise serializers.ValidationError(f"At most {settings.ISOL8_MAX_SECRETS} secrets.")
+        for name, secret in value.items():
             if not ENV_NAME.match(name):
                 raise serializers.ValidationError(f"{name!r} is not a valid variable name.")
+            if len(secret.encode()) > settings.ISOL8_MAX_SECRET_BYTES:
+                raise serializers.ValidationError(
+                    f"{name}: a secret is at most {settings.ISOL8_MAX_SECRET_BYTES} bytes."
+                )
         return value
 
     def _size(self, value: Any, name: str) -> int:

@@ -14,7 +14,7 @@ import logging
 import sys
 import threading
 import time
-from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -22,7 +22,7 @@ from django.conf import settings
 from django.db import close_old_connections, connections
 from django.utils import timezone
 
-from executions import events, packages, sandbox, services
+from executions import events, packages, quotas, sandbox, services
 from executions.models import Execution, Status
 from executions.pool import SandboxPool
 from executions.runner import Publish, RunHandle, prepare_sandbox, run_in_sandbox
@@ -38,6 +38,7 @@ def heartbeat_key() -> str:
     """The heartbeats of the workers serving one run queue (one isol8 cluster)."""
     return f"isol8:workers:{settings.ISOL8_RUN_QUEUE}"
 
+WORKER_FAILED = "The worker failed to run this execution; the failure has been logged"
 # Launcher file-operation error codes -> HTTP status.
 FILE_ERROR_STATUS = {
     "path_outside_sandbox": 400,
@@ -66,6 +67,14 @@ def enabled_runtimes() -> list[str]:
     return list(settings.ISOL8_RUNTIMES)
 
 
+@dataclass
+class SessionMeter:
+    """CPU a session's container used between its runs (background processes), to charge it."""
+
+    cpu_ns: int | None = None  # the container's CPU time at the last reading
+    run_seconds: float = 0.0  # wall time of its runs since then (they are charged on their own)
+
+
 class Worker:
     def __init__(self) -> None:
         self.host = settings.ISOL8_WORKER_HOST
@@ -80,6 +89,7 @@ class Worker:
         self.handles: dict[str, RunHandle] = {}
         self.busy: dict[str, Sandbox] = {}  # sandboxes lent to runs in progress
         self.sessions: dict[int, Sandbox] = {}  # session pk -> its sandbox, on this host
+        self.meters: dict[int, SessionMeter] = {}  # session pk -> its CPU meter
         self.lock = threading.Lock()
         self.stopping = threading.Event()
         self.docker_ok = True
@@ -100,10 +110,14 @@ class Worker:
             services.execution_fail(
                 execution_id=str(exec_id), reason="The worker running this execution stopped"
             )
+        sandbox.uids().check_host_accounts()
         remove_orphans(keep=self.session_container_ids(mark_missing_dead=True))
+        sandbox.sync_uids()
         self.heartbeat()
         self.pool.start()
-        for target, name in ((self._heartbeat_loop, "heartbeat"), (self._cancel_loop, "cancels")):
+        loops = ((self._heartbeat_loop, "heartbeat"), (self._housekeeping_loop, "housekeeping"),
+                 (self._cancel_loop, "cancels"))
+        for target, name in loops:
             threading.Thread(target=target, name=f"isol8-{name}", daemon=True).start()
         logger.info("isol8 worker %s ready (%s mode)", self.host, settings.ISOL8_SANDBOX_MODE)
 
@@ -152,18 +166,51 @@ class Worker:
                     )
         return set(wanted)
 
+    def meter_sessions(self) -> None:
+        """Charge each session's CPU time outside its runs to its tenant's month.
+
+        Runs are charged their wall time when they finish; a process a session
+        left running in the background uses CPU nobody waits for. Each tick
+        reads the container's CPU time from the engine and charges what
+        exceeds the wall time of the runs in between.
+        """
+        with self.lock:
+            boxes = dict(self.sessions)
+        for session_pk, box in boxes.items():
+            cpu_ns = sandbox.container_cpu_ns(box.container_id)
+            if cpu_ns is None:
+                continue
+            with self.lock:
+                meter = self.meters.setdefault(session_pk, SessionMeter())
+                previous, runs = meter.cpu_ns, meter.run_seconds
+                meter.cpu_ns, meter.run_seconds = cpu_ns, 0.0
+            if previous is not None and box.tenant:
+                quotas.charge(tenant_slug=box.tenant, seconds=(cpu_ns - previous) / 1e9 - runs)
+
     def _heartbeat_loop(self) -> None:
-        last_sweep = time.monotonic()
+        """Only the heartbeat: nothing slow may delay it, or the reaper takes this worker for dead."""
         while not self.stopping.wait(settings.ISOL8_HEARTBEAT_SECONDS):
             try:
                 self.heartbeat()
+            except Exception:
+                logger.exception("heartbeat failed")
+
+    def _housekeeping_loop(self) -> None:
+        """The slow periodic work: orphan sweeps (container removals) and session metering."""
+        last_sweep = last_meter = time.monotonic()
+        while not self.stopping.wait(1.0):
+            try:
+                if time.monotonic() - last_meter >= settings.ISOL8_METER_SECONDS:
+                    last_meter = time.monotonic()
+                    self.meter_sessions()
                 if time.monotonic() - last_sweep >= settings.ISOL8_REAPER_SECONDS:
                     last_sweep = time.monotonic()
                     # Containers being created right now are not owned yet:
                     # only those older than ISOL8_ORPHAN_MIN_AGE count as orphans.
                     remove_orphans(keep=self.owned_container_ids(), min_age=settings.ISOL8_ORPHAN_MIN_AGE)
+                    sandbox.sync_uids()
             except Exception:
-                logger.exception("heartbeat failed")
+                logger.exception("housekeeping failed")
 
     def _cancel_loop(self) -> None:
         """Kill runs of this worker that a client cancelled (any web process may ask)."""
@@ -197,7 +244,7 @@ class Worker:
         box: Sandbox | None = None
         try:
             spec, limits = services.execution_spec(execution=execution)
-            publish = _publisher(execution) if execution.streamed else None
+            publish = events.LivePublisher(execution.pk) if execution.streamed else None
             if execution.session_id is not None:
                 self._run_in_session(execution, spec, limits, handle, publish)
                 return
@@ -207,7 +254,6 @@ class Worker:
                     tenant=execution.tenant.slug,
                     runtime=spec.runtime,
                     limits=limits,
-                    labels={sandbox.LABEL_EXECUTION: execution_id},
                     image=prebuilt.tag if prebuilt else None,
                 )
             except DockerUnavailableError as exc:
@@ -218,10 +264,12 @@ class Worker:
                 with self.lock:
                     self.busy[execution_id] = box
                 result = self._execute(box, execution, spec, limits, handle, publish, in_session=False)
-            services.execution_finish(execution=execution, result=result)
-        except Exception as exc:
+            live = publish if isinstance(publish, events.LivePublisher) else None
+            services.execution_finish(execution=execution, result=result, live=live)
+        except Exception:
+            # A bug or an infrastructure failure: the log has the details, the client a sentence.
             logger.exception("execution %s failed in the worker", execution_id)
-            services.execution_fail(execution_id=execution_id, reason=f"Internal error: {exc}")
+            services.execution_fail(execution_id=execution_id, reason=WORKER_FAILED)
             if box is not None:
                 box.broken = True
         finally:
@@ -253,13 +301,22 @@ class Worker:
                 )
             except DockerUnavailableError as exc:
                 result = RunResult(status="error", error=str(exc), error_code="docker_unavailable")
+            except SessionDeletedError:
+                result = RunResult(status="cancelled", exit_code=137, error="Cancelled: the session was deleted")
             except SandboxError as exc:
                 result = RunResult(status="error", error=f"Session sandbox unavailable: {exc}")
             else:
-                result = self._execute(box, execution, spec, limits, handle, publish, in_session=True)
-                self._after_session_run(session_pk, box)
+                # The session claim keeps one run at a time; the box's own lock makes
+                # sure of it even if a claim was lost (a reaper that took this worker
+                # for dead released it): two runs never share a launcher's stream.
+                with box.lock:
+                    result = self._execute(box, execution, spec, limits, handle, publish, in_session=True)
+                    with self.lock:
+                        self.meters.setdefault(session_pk, SessionMeter()).run_seconds += result.duration_ms / 1000
+                    self._after_session_run(session_pk, box)
             # execution_finish frees the session before the client hears the result.
-            services.execution_finish(execution=execution, result=result)
+            live = publish if isinstance(publish, events.LivePublisher) else None
+            services.execution_finish(execution=execution, result=result, live=live)
             finished = True
         finally:
             if not finished:
@@ -355,13 +412,14 @@ class Worker:
             box = self.sessions.get(session_pk)
         if box is not None and not box.broken:
             return box
-        session = Session.objects.get(pk=session_pk)
+        session = Session.objects.select_related("tenant").get(pk=session_pk)
         limits = Limits.from_json(session.limits)
         if session.container_id:
             box = sandbox.adopt_sandbox(
                 container_id=session.container_id, runtime=session.runtime, limits=limits
             )
             if box is not None:
+                box.tenant = session.tenant.slug
                 prepare_sandbox(box)  # idempotent: keeps the fork-server setting after a worker restart
             if box is None:
                 session_services.session_mark_dead(session_pk=session.pk, reason="its container is gone")
@@ -377,8 +435,10 @@ class Worker:
                 image=image,
             )
             box.tenant = tenant
+            if not session_services.session_attach_container(session_pk=session.pk, container_id=box.container_id):
+                box.destroy()
+                raise SessionDeletedError("the session was deleted while its sandbox was starting")
             prepare_sandbox(box)
-            session_services.session_attach_container(session_pk=session.pk, container_id=box.container_id)
         else:
             raise SandboxError("the session has no sandbox yet")
         with self.lock:
@@ -388,29 +448,51 @@ class Worker:
     def _forget_session(self, session_pk: int, *, destroy: bool) -> None:
         with self.lock:
             box = self.sessions.pop(session_pk, None)
+            self.meters.pop(session_pk, None)
         if box is not None and destroy:
             box.destroy()
 
     def session_file_op(self, *, session_pk: int, op_id: str, op: dict[str, Any]) -> None:
         """Run one file operation in a session's sandbox and push the answer to the web."""
         close_old_connections()  # keeps a healthy connection (CONN_MAX_AGE, see start())
-        status, body = 500, {"error": "internal error", "code": "internal_error"}
+        status, body = 500, {"error": "The file operation failed; it has been logged.", "code": "internal_error"}
         try:
             box = self._session_sandbox(session_pk, create=False)
-            reply = box.request(op, timeout=60.0)
-            if reply.get("ok"):
-                status, body = 200, {k: v for k, v in reply.items() if k != "ok"}
-            else:
-                code = str(reply.get("code", "error"))
-                status = FILE_ERROR_STATUS.get(code, 500)
-                body = {"error": str(reply.get("error", "file operation failed")), "code": code}
         except SandboxError as exc:
             status, body = 409, {"error": f"The session's sandbox is unavailable: {exc}", "code": "session_dead"}
         except Exception:
             logger.exception("file operation on session %s failed", session_pk)
+        else:
+            with box.lock:
+                status, body = self._file_op_in(box, session_pk, op)
         finally:
             session_services.session_release(session_pk=session_pk, owner=op_id)
             session_services.file_reply_push(op_id=op_id, status=status, body=body)
+
+    def _file_op_in(self, box: Sandbox, session_pk: int, op: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        """One file operation's answer. A launcher that does not answer in time ends the session.
+
+        The launcher never blocks on a file (FIFOs and devices are refused), so
+        a timeout means the sandbox is wedged: its container is destroyed and
+        the session marked dead, and later calls say so at once instead of
+        waiting for it again.
+        """
+        try:
+            reply = box.request(op, timeout=settings.ISOL8_FILE_OP_TIMEOUT)
+        except SandboxError as exc:
+            logger.warning("session %s: file operation failed (%s); ending the session", session_pk, exc)
+            self._forget_session(session_pk, destroy=True)
+            session_services.session_mark_dead(session_pk=session_pk, reason="its sandbox stopped answering")
+            gone = "The session's sandbox stopped answering; it has been removed"
+            return 409, {"error": gone, "code": "session_dead"}
+        if reply.get("ok"):
+            return 200, {k: v for k, v in reply.items() if k != "ok"}
+        code = str(reply.get("code", "error"))
+        if code not in FILE_ERROR_STATUS:
+            logger.warning("session %s: file operation refused: %s", session_pk, reply.get("error"))
+            failed = "The file operation failed in the sandbox; it has been logged."
+            return 500, {"error": failed, "code": "internal_error"}
+        return FILE_ERROR_STATUS[code], {"error": str(reply.get("error", "file operation failed")), "code": code}
 
     def drop_session(self, *, session_pk: int, container_id: str) -> None:
         """Remove a stopped session's container (DELETE, prune, admin terminate)."""
@@ -418,13 +500,8 @@ class Worker:
         sandbox.remove_container(container_id)
 
 
-def _publisher(execution: Execution) -> Callable[[str, str, str | None], None]:
-    exec_id = execution.pk
-
-    def publish(event_type: str, data: str, phase: str | None) -> None:
-        events.publish(exec_id, event_type, data, phase)
-
-    return publish
+class SessionDeletedError(SandboxError):
+    """The session was deleted (DELETE, prune, admin) before its sandbox was ready."""
 
 
 def _text(value: bytes | str) -> str:

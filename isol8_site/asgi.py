@@ -1,6 +1,8 @@
 """ASGI entry point: the API and its SSE streams (uvicorn serves it).
 
-``application`` routes by scope type: HTTP goes to Django; a WebSocket
+``application`` routes by scope type: HTTP goes to Django, behind the body
+guard (isol8_site/bodyguard.py: limits, timeouts, authentication before the
+body is read); a WebSocket
 handshake on a path this server does not serve is refused with a JSON 404
 (never the bare 500 an ASGI server sends when the app cannot take the scope);
 ``lifespan`` is acknowledged so uvicorn does not log that it is unsupported.
@@ -75,7 +77,9 @@ def get_application() -> Callable[[Scope, Receive, Send], Awaitable[None]]:
     import django
 
     django.setup(set_prefix=False)
-    http = OneHopASGIHandler()
+    from isol8_site.bodyguard import BodyGuard
+
+    http = BodyGuard(OneHopASGIHandler())
 
     async def application(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":

@@ -18,6 +18,8 @@ from typing import Any
 
 SIZE_RE = re.compile(r"^(\d+(?:\.\d+)?)([kmg]?)b?$", re.IGNORECASE)
 SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+# No container size anywhere is near this; above it a number is a mistake (or an attack).
+MAX_SIZE = 2**50
 NETWORK_MODES = ("none", "host", "filtered")
 
 
@@ -30,17 +32,17 @@ def parse_size(value: object, *, name: str) -> int:
     if isinstance(value, bool):
         raise ConfigError(f"{name}: expected a size like \"512m\", got {value!r}")
     if isinstance(value, int):
-        if value <= 0:
-            raise ConfigError(f"{name}: must be positive, got {value}")
+        if not 0 < value <= MAX_SIZE:
+            raise ConfigError(f"{name}: must be between 1 and {MAX_SIZE} bytes, got {str(value)[:40]}")
         return value
     if not isinstance(value, str):
         raise ConfigError(f"{name}: expected a size like \"512m\", got {value!r}")
-    match = SIZE_RE.match(value.strip())
+    match = SIZE_RE.match(value) if len(value) <= 40 else None
     if not match:
-        raise ConfigError(f"{name}: expected a size like \"512m\", got {value!r}")
+        raise ConfigError(f"{name}: expected a size like \"512m\", got {value[:40]!r}")
     number = float(match.group(1)) * SIZE_UNITS[match.group(2).lower()]
-    if number < 1:
-        raise ConfigError(f"{name}: must be positive, got {value!r}")
+    if not 1 <= number <= MAX_SIZE:
+        raise ConfigError(f"{name}: must be between 1 and {MAX_SIZE} bytes, got {value!r}")
     return int(number)
 
 

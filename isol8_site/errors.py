@@ -10,6 +10,8 @@ import logging
 import math
 from typing import Any
 
+import kombu.exceptions
+import redis
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.http import Http404, HttpRequest, JsonResponse
 from rest_framework import exceptions, status
@@ -127,6 +129,12 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
     if isinstance(exc, exceptions.APIException):
         code = exc.default_code if isinstance(exc.default_code, str) else "error"
         return _response(exc.status_code, code, _detail_text(exc.detail))
+    if isinstance(exc, (redis.RedisError, kombu.exceptions.OperationalError)):
+        # Redis (quotas, the queue) is down or restarting: nothing was started.
+        logger.warning("Redis unreachable in %s: %s", context.get("view"), exc)
+        return _response(
+            503, "unavailable", "The service's queue is unreachable right now; try again shortly", {"Retry-After": "5"}
+        )
     logger.exception("unhandled error in %s", context.get("view"))
     return _response(500, "internal_error", "The server failed to handle this request; it has been logged.")
 

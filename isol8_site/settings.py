@@ -14,7 +14,6 @@ import sys
 from pathlib import Path
 
 import dj_database_url
-from redis.connection import parse_url as parse_redis_url
 
 from isol8_site.config import ConfigError, load_config
 
@@ -54,7 +53,9 @@ def env_bool(name: str, default: bool) -> bool:
 
 # Where the embedded defaults keep their state (SQLite database, generated secret).
 DATA_DIR = Path(env("ISOL8_DATA_DIR", str(BASE_DIR / "var")))
-DATA_DIR.mkdir(parents=True, exist_ok=True)
+# Only the service's own user may enter it: it holds the database, secrets and logs.
+DATA_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
+DATA_DIR.chmod(0o700)
 
 
 def _persistent_secret(name: str) -> str:
@@ -73,8 +74,9 @@ def _persistent_secret(name: str) -> str:
 
 SECRET_KEY = env("DJANGO_SECRET_KEY") or _persistent_secret("secret_key")
 # HMAC pepper of API key digests; a database dump alone then cannot be used to
-# test guesses of keys. Changing it invalidates every tenant key.
-ISOL8_KEY_PEPPER = env("ISOL8_KEY_PEPPER") or SECRET_KEY
+# test guesses of keys. A secret of its own (not SECRET_KEY, which signs
+# cookies and stream tokens). Changing it invalidates every tenant key.
+ISOL8_KEY_PEPPER = env("ISOL8_KEY_PEPPER") or _persistent_secret("key_pepper")
 DEBUG = env_bool("DJANGO_DEBUG", False)
 ALLOWED_HOSTS = [h for h in env("DJANGO_ALLOWED_HOSTS", "*").split(",") if h]
 CSRF_TRUSTED_ORIGINS = [o for o in env("DJANGO_CSRF_TRUSTED_ORIGINS").split(",") if o]
@@ -93,8 +95,8 @@ INSTALLED_APPS = [
     "sessions_app",
 ]
 
+# Body limits are enforced before Django reads a body (isol8_site/bodyguard.py).
 MIDDLEWARE = [
-    "isol8_site.middleware.BodySizeLimitMiddleware",
     "django.middleware.security.SecurityMiddleware",
     # Static files (the admin's CSS and JS) straight from the web process,
     # compressed and with content-hashed names cached for a year.
@@ -162,7 +164,15 @@ STORAGES = {
 }
 
 # Redis: Celery broker, quota counters, result push and event storage.
-REDIS_URL = env("REDIS_URL", "redis://127.0.0.1:6379/0")
+def _local_redis(port: int) -> str:
+    """The URL of a Redis that scripts/bootstrap.sh started, with its generated password."""
+    password_file = Path(env("ISOL8_REDIS_PASSWORD_FILE", str(BASE_DIR / "var" / "redis.password")))
+    password = password_file.read_text().strip() if password_file.exists() else ""
+    auth = f":{password}@" if password else ""
+    return f"redis://{auth}127.0.0.1:{port}/0"
+
+
+REDIS_URL = env("REDIS_URL") or _local_redis(6379)
 
 CELERY_BROKER_URL = env("CELERY_BROKER_URL", REDIS_URL)
 CELERY_TASK_SERIALIZER = "json"
@@ -176,11 +186,14 @@ CELERY_TASK_IGNORE_RESULT = True
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
+# Sending a run rides out a Redis restart of a few seconds instead of failing it.
+CELERY_TASK_PUBLISH_RETRY = True
+CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 20, "interval_start": 0, "interval_step": 0.25, "interval_max": 1}
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["tenants.authentication.ApiKeyAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["tenants.authentication.IsTenant"],
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["isol8_site.parsers.JsonBodyParser"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "EXCEPTION_HANDLER": "isol8_site.errors.exception_handler",
     # JSON routes answer JSON whatever Accept says; stream routes negotiate
@@ -189,12 +202,16 @@ REST_FRAMEWORK = {
     "UNAUTHENTICATED_USER": None,
 }
 
-# django-eventstream keeps events in Redis (see executions/events.py) so a stream
-# can start from an execution's first event and resume after a disconnect.
+# Stream events live in a Redis of their own, with a memory limit and eviction
+# (scripts/bootstrap.sh starts it), so that events can never evict broker
+# messages or quota counters from the main Redis, which never evicts.
+ISOL8_EVENTS_REDIS_URL = env("ISOL8_EVENTS_REDIS_URL") or _local_redis(6380)
+# django-eventstream keeps events in that Redis (see executions/events.py) so a
+# stream can start from an execution's first event and resume after a
+# disconnect. Its own pub/sub (EVENTSTREAM_REDIS) is not used: the storage
+# notifies web processes in the same round trip, and executions/events.py runs
+# a listener that reconnects after a Redis restart.
 EVENTSTREAM_STORAGE_CLASS = "executions.events.RedisEventStorage"
-# No read timeout: the pub/sub listener of each web process waits for events as
-# long as streams are open (redis-py 8 defaults to 5 s, which kills it when idle).
-EVENTSTREAM_REDIS = {**parse_redis_url(REDIS_URL), "socket_timeout": None, "socket_keepalive": True}
 EVENTSTREAM_CHANNELMANAGER_CLASS = "executions.events.ExecutionChannelManager"
 
 # ---------------------------------------------------------------- isol8 itself
@@ -206,8 +223,18 @@ except ConfigError as exc:
     sys.stderr.write(f"isol8: bad config: {exc}\n")
     raise SystemExit(2) from exc
 
-# The operator's master key (isol8's `serve --key`). Empty disables it.
-ISOL8_API_KEY = env("ISOL8_API_KEY")
+# The operator's master key (isol8's `serve --key`): ISOL8_API_KEY, else the key
+# `serve --generate-key` (`make run`) made once into DATA_DIR/master_key. Empty
+# disables it. It must be long enough not to be guessed.
+MASTER_KEY_FILE = DATA_DIR / "master_key"
+MASTER_KEY_MIN_LENGTH = 24
+ISOL8_API_KEY = env("ISOL8_API_KEY") or (MASTER_KEY_FILE.read_text().strip() if MASTER_KEY_FILE.exists() else "")
+if ISOL8_API_KEY and (len(ISOL8_API_KEY) < MASTER_KEY_MIN_LENGTH or len(set(ISOL8_API_KEY)) < 8):
+    sys.stderr.write(
+        f"isol8: ISOL8_API_KEY is too weak: use at least {MASTER_KEY_MIN_LENGTH} characters, not a word "
+        "(or leave it unset: `make run` generates one into var/master_key)\n"
+    )
+    raise SystemExit(2)
 ISOL8_VERSION = "0.1.0"
 # The built-in tenant that the master key executes under.
 ISOL8_DEFAULT_TENANT = "default"
@@ -241,7 +268,7 @@ ISOL8_POOL_SIZE = env_int("ISOL8_POOL_SIZE", ISOL8_CONFIG.pool_size)
 # Used containers kept (reset) for reuse by the same tenant, per tenant and
 # runtime, and how long they may stay idle.
 ISOL8_TENANT_IDLE_MAX = env_int("ISOL8_TENANT_IDLE_MAX", 4)
-ISOL8_TENANT_IDLE_SECONDS = env_int("ISOL8_TENANT_IDLE_SECONDS", 120)
+ISOL8_TENANT_IDLE_SECONDS = env_int("ISOL8_TENANT_IDLE_SECONDS", 60)
 # uvicorn processes `serve` runs: one Python process cannot use a second core,
 # and /execute's CPU is mostly Django, DRF and Celery's publish.
 ISOL8_WEB_WORKERS = env_int("ISOL8_WEB_WORKERS", min(4, os.cpu_count() or 1))
@@ -259,11 +286,28 @@ ISOL8_NOFILE = env_int("ISOL8_NOFILE", 1024)
 ISOL8_FSIZE = env_int("ISOL8_FSIZE", 128 * 1024 * 1024)
 ISOL8_SHM_SIZE = env_int("ISOL8_SHM_SIZE", 16 * 1024 * 1024)
 ISOL8_INODES = env_int("ISOL8_INODES", 16384)
+# POSIX message queue bytes per code user (RLIMIT_MSGQUEUE; Linux's default is 800 KiB).
+ISOL8_MSGQUEUE = env_int("ISOL8_MSGQUEUE", 256 * 1024)
+# Each sandbox's code runs under a host uid of its own, picked in this range,
+# which must hold no account of the Docker host (checked at worker start).
+ISOL8_SANDBOX_UID_BASE = env_int("ISOL8_SANDBOX_UID_BASE", 2_000_000)
+ISOL8_SANDBOX_UID_COUNT = env_int("ISOL8_SANDBOX_UID_COUNT", 65_536)
 # Request bodies (api.md): 2 MiB on /execute, 16 MiB on /file (10 MiB decoded).
 ISOL8_EXECUTE_BODY_MAX = env_int("ISOL8_EXECUTE_BODY_MAX", 2 * 1024 * 1024)
 ISOL8_FILE_BODY_MAX = env_int("ISOL8_FILE_BODY_MAX", 16 * 1024 * 1024)
 ISOL8_FILE_MAX_BYTES = env_int("ISOL8_FILE_MAX_BYTES", 10 * 1024 * 1024)
+# Secrets per request and bytes per secret (their masking is linear in the output
+# with these bounds: 32 secrets of 4 KiB over 512 KiB of output cost ~80 ms of CPU).
+ISOL8_MAX_SECRETS = env_int("ISOL8_MAX_SECRETS", 32)
+ISOL8_MAX_SECRET_BYTES = env_int("ISOL8_MAX_SECRET_BYTES", 4096)
+# Seconds a session's launcher has to answer a file operation before the
+# session is declared dead (its launcher never blocks on a file).
+ISOL8_FILE_OP_TIMEOUT = env_float("ISOL8_FILE_OP_TIMEOUT", 30.0)
 DATA_UPLOAD_MAX_MEMORY_SIZE = ISOL8_FILE_BODY_MAX
+# Bodies are bounded and kept in memory: never spooled to the host's /tmp.
+FILE_UPLOAD_MAX_MEMORY_SIZE = ISOL8_FILE_BODY_MAX
+# All of one run's outputPaths together (each file is also capped at ISOL8_FILE_MAX_BYTES).
+ISOL8_OUTPUT_FILES_MAX = env_int("ISOL8_OUTPUT_FILES_MAX", 10 * 1024 * 1024)
 # The history keeps at most this much raw output per stream and execution.
 ISOL8_HISTORY_MAX_OUTPUT = env_int("ISOL8_HISTORY_MAX_OUTPUT", 1024 * 1024)
 # How long a queued run may wait for a worker before it fails with 503.
@@ -290,10 +334,17 @@ ISOL8_REAPER_SECONDS = env_float("ISOL8_REAPER_SECONDS", 10.0)
 # A container of this host that nothing owns counts as leaked only when older than
 # this (seconds): a younger one may be starting for a run right now.
 ISOL8_ORPHAN_MIN_AGE = env_float("ISOL8_ORPHAN_MIN_AGE", 60.0)
+# How often the CPU that sessions use between their runs is charged to their tenants.
+ISOL8_METER_SECONDS = env_float("ISOL8_METER_SECONDS", 60.0)
 # How often idle sessions are looked for (pruned past cleanup.maxContainerAgeMs).
 ISOL8_PRUNE_SECONDS = env_float("ISOL8_PRUNE_SECONDS", 60.0)
 # Events of an execution are kept this long after it ends, for resuming streams.
 ISOL8_EVENT_RETENTION = env_int("EVENT_RETENTION", 3600)
+# Bytes of live events one execution may publish (its output is also capped per
+# stream by maxOutputSize); past it, live output stops with a marker.
+ISOL8_EVENTS_MAX_BYTES = env_int("ISOL8_EVENTS_MAX_BYTES", 16 * 1024 * 1024)
+# Event streams (SSE) one tenant may hold open at once; "none" = no limit.
+ISOL8_TENANT_MAX_STREAMS = env_quota("ISOL8_TENANT_MAX_STREAMS", 100)
 # SSE keep-alive comment interval (api.md: a silent program keeps its stream).
 ISOL8_SSE_KEEPALIVE = env_float("ISOL8_SSE_KEEPALIVE", 10.0)
 # Tenant quota defaults for new tenants (api.md "Defaults"); "none" = no limit.
@@ -302,9 +353,17 @@ ISOL8_TENANT_DEFAULTS: dict[str, int | None] = {
     "max_concurrent": env_quota("ISOL8_TENANT_MAX_CONCURRENT", 5),
     "max_per_minute": env_quota("ISOL8_TENANT_MAX_PER_MINUTE", 120),
     "max_sessions": env_quota("ISOL8_TENANT_MAX_SESSIONS", 20),
+    # All of a tenant's live sessions together.
+    "max_session_memory": env_quota("ISOL8_TENANT_MAX_SESSION_MEMORY", 8 * 1024**3),
+    "max_session_cpus": env_quota("ISOL8_TENANT_MAX_SESSION_CPUS", 8),
     "max_timeout_ms": env_int("ISOL8_TENANT_MAX_TIMEOUT_MS", 300_000),
     "max_memory": env_int("ISOL8_TENANT_MAX_MEMORY", 2 * 1024**3),
 }
+# Failed authentications one client address may make per minute before all its
+# requests get 429 for the rest of that minute.
+ISOL8_AUTH_FAILURES_PER_MINUTE = env_int("ISOL8_AUTH_FAILURES_PER_MINUTE", 30)
+# A request's body must arrive within this many seconds (slow senders are cut off).
+ISOL8_BODY_TIMEOUT = env_float("ISOL8_BODY_TIMEOUT", 30.0)
 # How long a stream token (for browsers' EventSource/WebSocket) stays valid.
 ISOL8_STREAM_TOKEN_TTL = env_int("ISOL8_STREAM_TOKEN_TTL", 300)
 # Seconds between the last-used stamps written for an API key: a write per

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs and starts what isol8 needs on a Debian/Ubuntu machine, idempotently:
 #   - Docker engine, Redis and debootstrap from the distribution (when missing, as root)
-#   - dockerd and redis-server, started in the background when not answering
+#   - dockerd and two redis-servers (main and events), started in the background when not answering
 #   - a Python venv in .venv with the pinned requirements (+ dev ones with --dev)
 #   - the database schema and the sandbox images (rebuilt only when changed)
 # Used by `make run`, `make test` and .ci/run.
@@ -11,6 +11,7 @@ ROOT=$(pwd)
 DEV=0
 [ "${1:-}" = "--dev" ] && DEV=1
 LOG_DIR="$ROOT/var/log"
+mkdir -p -m 700 "$ROOT/var"
 mkdir -p "$LOG_DIR"
 say() { printf '==> %s\n' "$*"; }
 
@@ -40,13 +41,52 @@ if ! docker info >/dev/null 2>&1; then
   docker info >/dev/null 2>&1 || { echo "dockerd did not start; see var/log/dockerd.log" >&2; exit 1; }
 fi
 
-REDIS_PORT=${REDIS_PORT:-6379}
-if ! redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1; then
-  say "starting redis-server on 127.0.0.1:$REDIS_PORT"
-  redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \
-    --daemonize yes --logfile "$LOG_DIR/redis.log" --pidfile "$ROOT/var/redis.pid"
-  for _ in $(seq 1 40); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.25; done
-fi
+# Two Redis servers on loopback, password-protected (var/redis.password, made
+# once): the main one (broker, quotas, results; append-only file, never evicts)
+# and the events one (stream events only; a memory limit, least recently used
+# keys evicted first). See README "Redis".
+umask 077
+mkdir -p var
+chmod 700 var
+[ -s var/redis.password ] || head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' > var/redis.password
+REDIS_PASSWORD=$(cat var/redis.password)
+start_redis() {  # name port settings...
+  local name=$1 port=$2; shift 2
+  # Ours: it answers with the password and refuses without it.
+  if REDISCLI_AUTH="$REDIS_PASSWORD" redis-cli -p "$port" ping 2>/dev/null | grep -q PONG \
+     && ! redis-cli -p "$port" ping 2>/dev/null | grep -q PONG; then return; fi
+  # Ours but without the current password (an older bootstrap started it): replace it.
+  local pidfile="var/redis-$name.pid"
+  [ "$name" = main ] && [ ! -f "$pidfile" ] && [ -f var/redis.pid ] && pidfile=var/redis.pid
+  local pid
+  pid=$(cat "$pidfile" 2>/dev/null || true)
+  if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
+    say "restarting redis-server $name with a password"
+    kill "$pid"
+    for _ in $(seq 1 40); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
+  elif redis-cli -p "$port" ping >/dev/null 2>&1; then
+    echo "something else answers on 127.0.0.1:$port without our password; stop it or set the ports" >&2; exit 1
+  fi
+  mkdir -p "var/redis-$name"
+  {
+    echo "bind 127.0.0.1"; echo "port $port"; echo "protected-mode yes"
+    echo "requirepass $REDIS_PASSWORD"; echo "dir $ROOT/var/redis-$name"
+    echo "daemonize yes"; echo "pidfile $ROOT/var/redis-$name.pid"; echo "logfile $LOG_DIR/redis-$name.log"
+    echo 'save ""'
+    printf '%s\n' "$@"
+  } > "var/redis-$name.conf"
+  say "starting redis-server $name on 127.0.0.1:$port"
+  redis-server "var/redis-$name.conf"
+  for _ in $(seq 1 40); do
+    REDISCLI_AUTH="$REDIS_PASSWORD" redis-cli -p "$port" ping 2>/dev/null | grep -q PONG && return; sleep 0.25
+  done
+  echo "redis-server $name did not start; see $LOG_DIR/redis-$name.log" >&2; exit 1
+}
+start_redis main "${REDIS_PORT:-6379}" "appendonly yes" "appendfsync everysec" \
+  "maxmemory ${ISOL8_REDIS_MAXMEMORY:-1gb}" "maxmemory-policy noeviction"
+start_redis events "${ISOL8_EVENTS_REDIS_PORT:-6380}" "appendonly no" \
+  "maxmemory ${ISOL8_EVENTS_REDIS_MAXMEMORY:-512mb}" "maxmemory-policy allkeys-lru"
+umask 022
 
 if [ ! -x .venv/bin/python ]; then
   say "creating .venv"

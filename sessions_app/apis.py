@@ -88,9 +88,8 @@ class FileApi(APIView):
             raise ApiError(
                 413, "payload_too_large", f"File is larger than {settings.ISOL8_FILE_MAX_BYTES} bytes"
             )
-        session, op_id = services.session_claim_for_files(tenant=principal.tenant, session_id=session_id)
         op = {"op": "put_file", "path": path, "content": data["content"]}
-        reply = services.file_request(session=session, op_id=op_id, op=op)
+        reply = services.file_operation(tenant=principal.tenant, session_id=session_id, op=op)
         if reply.status == 200:
             return Response({"ok": True})
         return _reply(reply)
@@ -103,9 +102,8 @@ class FileApi(APIView):
             raise validation_error("Missing sessionId or path")
         session_id = _session_id(session_id)
         path = check_sandbox_path(raw_path, allow_tmp=False)
-        session, op_id = services.session_claim_for_files(tenant=principal.tenant, session_id=session_id)
         op = {"op": "get_file", "path": path, "maxBytes": settings.ISOL8_FILE_MAX_BYTES}
-        reply = services.file_request(session=session, op_id=op_id, op=op)
+        reply = services.file_operation(tenant=principal.tenant, session_id=session_id, op=op)
         if reply.status == 200:
             return Response({"content": reply.body["content"]})
         return _reply(reply)

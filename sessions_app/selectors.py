@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.db.models import QuerySet
 
 from sessions_app.models import Session, SessionState
@@ -21,6 +23,14 @@ def session_get(*, tenant: Tenant, session_id: str) -> Session | None:
 
 def session_list(*, tenant: Tenant) -> QuerySet[Session]:
     return Session.objects.filter(tenant=tenant, state__in=LIVE_OR_DEAD).order_by("-last_used_at")
+
+
+def live_session_limits(*, tenant: Tenant) -> list[dict[str, Any]]:
+    """The container limits of ``tenant``'s live sessions."""
+    return list(
+        Session.objects.filter(tenant=tenant, state__in=[SessionState.STARTING, SessionState.ACTIVE])
+        .values_list("limits", flat=True)
+    )
 
 
 def live_session_count(*, tenant: Tenant) -> int:

@@ -19,13 +19,14 @@ from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
+from executions import quotas
 from executions.quotas import quota_exceeded
 from executions.spec import Limits
 from isol8_site.celery import host_queue
 from isol8_site.errors import ApiError, not_found, validation_error
 from isol8_site.redis import get_redis, push_reply
 from sessions_app.models import Session, SessionState
-from sessions_app.selectors import live_session_count, session_get
+from sessions_app.selectors import live_session_count, live_session_limits, session_get
 from tenants.models import Tenant
 
 logger = logging.getLogger(__name__)
@@ -129,6 +130,7 @@ def _session_create(*, tenant: Tenant, session_id: str, runtime: str, limits: Li
         raise quota_exceeded(
             f"Quota exceeded: at most {tenant.max_sessions} live sessions; delete one first", 30
         )
+    _check_session_resources(tenant=tenant, limits=limits)
     try:
         with transaction.atomic():
             return Session.objects.create(
@@ -142,18 +144,46 @@ def _session_create(*, tenant: Tenant, session_id: str, runtime: str, limits: Li
         return existing
 
 
+def _check_session_resources(*, tenant: Tenant, limits: Limits) -> None:
+    """A new session must fit in what the tenant's live sessions may hold together (429 otherwise)."""
+    if tenant.max_session_memory is None and tenant.max_session_cpus is None:
+        return
+    memory, cpus = float(limits.memory), float(limits.cpu)
+    for held in live_session_limits(tenant=tenant):
+        memory += float(held.get("memory", 0))
+        cpus += float(held.get("cpu", 0))
+    if tenant.max_session_memory is not None and memory > tenant.max_session_memory:
+        raise quota_exceeded(
+            f"Quota exceeded: this tenant's live sessions may hold {tenant.max_session_memory} bytes of memory "
+            "together; delete a session or ask for less memoryLimit", 30,
+        )
+    if tenant.max_session_cpus is not None and cpus > tenant.max_session_cpus:
+        raise quota_exceeded(
+            f"Quota exceeded: this tenant's live sessions may hold {tenant.max_session_cpus:g} CPUs together; "
+            "delete a session or ask for a lower cpuLimit", 30,
+        )
+
+
 def session_release(*, session_pk: int, owner: uuid.UUID | str) -> None:
     Session.objects.filter(pk=session_pk, busy_execution=owner).update(
         busy_execution=None, last_used_at=timezone.now()
     )
 
 
-def session_attach_container(*, session_pk: int, container_id: str) -> None:
-    Session.objects.filter(pk=session_pk).update(
-        container_id=container_id,
-        worker_host=settings.ISOL8_WORKER_HOST,
-        state=SessionState.ACTIVE,
-        state_reason="",
+def session_attach_container(*, session_pk: int, container_id: str) -> bool:
+    """Record the new container of a starting session; False when it was deleted meanwhile.
+
+    Only a session still ``starting`` becomes ``active``: a DELETE that came
+    while its first run created the container wins, and the caller removes
+    that container.
+    """
+    return bool(
+        Session.objects.filter(pk=session_pk, state=SessionState.STARTING).update(
+            container_id=container_id,
+            worker_host=settings.ISOL8_WORKER_HOST,
+            state=SessionState.ACTIVE,
+            state_reason="",
+        )
     )
 
 
@@ -228,12 +258,36 @@ class FileReply:
     body: dict[str, Any]
 
 
+def file_operation(*, tenant: Tenant, session_id: str, op: dict[str, Any]) -> FileReply:
+    """One file operation in the caller's session, counted against the tenant's quotas like a run.
+
+    It claims the session (409 while a run or another file operation has it)
+    and a concurrency slot and rate token (429 when used up), so file
+    operations cannot crowd runs out of the worker's threads.
+    """
+    session, op_id = session_claim_for_files(tenant=tenant, session_id=session_id)
+    try:
+        quotas.acquire(
+            tenant=tenant,
+            execution_id=str(op_id),
+            hold_seconds=settings.ISOL8_QUEUE_TIMEOUT + settings.ISOL8_FILE_OP_TIMEOUT + 30,
+        )
+    except BaseException:
+        session_release(session_pk=session.pk, owner=op_id)
+        raise
+    try:
+        return file_request(session=session, op_id=op_id, op=op)
+    finally:
+        quotas.release(tenant_slug=tenant.slug, execution_id=str(op_id))
+
+
 def file_request(*, session: Session, op_id: uuid.UUID, op: dict[str, Any]) -> FileReply:
     """Run a file operation on the session's worker and wait for its answer."""
     from sessions_app.tasks import session_file_op
 
     session_file_op.apply_async(args=(session.pk, str(op_id), op,), queue=host_queue(session.worker_host))
-    popped = get_redis().blpop([FILE_REPLY_KEY + str(op_id)], timeout=settings.ISOL8_QUEUE_TIMEOUT + 30)
+    wait = settings.ISOL8_QUEUE_TIMEOUT + settings.ISOL8_FILE_OP_TIMEOUT + 10
+    popped = get_redis().blpop([FILE_REPLY_KEY + str(op_id)], timeout=wait)
     if popped is None:
         session_release(session_pk=session.pk, owner=op_id)
         return FileReply(503, {"error": "The session's worker did not answer; try again later", "code": "unavailable"})

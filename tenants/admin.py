@@ -41,7 +41,8 @@ class TenantAdmin(admin.ModelAdmin):
             "Quotas and caps",
             {
                 "fields": (
-                    "max_concurrent", "max_per_minute", "max_sessions", "monthly_seconds",
+                    "max_concurrent", "max_per_minute", "max_sessions", "max_session_memory",
+                    "max_session_cpus", "monthly_seconds",
                     "max_timeout_ms", "max_memory", "max_cpu", "max_pids", "max_output_size",
                     "allowed_runtimes", "allowed_networks", "allow_installs",
                 )

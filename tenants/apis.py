@@ -13,12 +13,11 @@ from typing import Any
 
 from django.conf import settings
 from django.utils import timezone
-from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from executions.validation import StrictSerializer, Text
+from executions.validation import Integer, StrictSerializer, Text
 from isol8_site.errors import not_found, validation_error
 from tenants.authentication import IsMaster
 from tenants.models import ApiKey, Tenant
@@ -56,7 +55,7 @@ def _tenant(slug: str | None) -> Tenant:
 class KeyCreateSerializer(StrictSerializer):
     name = Text(required=False, allow_blank=True, max_length=200)
     tenantId = Text(required=False)
-    ttlMs = serializers.IntegerField(required=False, min_value=1, max_value=MAX_TTL_MS)
+    ttlMs = Integer(required=False, min_value=1, max_value=MAX_TTL_MS)
 
 
 class MasterApi(APIView):

@@ -18,9 +18,13 @@ from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
 
 from isol8_site.errors import ApiError, unauthorized
+from tenants import throttle
 from tenants.models import ApiKey, Tenant
 from tenants.services import apikey_touch, key_digest, tenant_ensure_default
 from tenants.tokens import TokenInvalidError, stream_token_read
+
+# Where the ASGI guard leaves the principal of a request it authenticated.
+PRINCIPAL_SCOPE_KEY = "isol8.principal"
 
 
 @dataclass
@@ -49,8 +53,21 @@ def parse_authorization(header: str) -> str:
     return value
 
 
-def authenticate_key(key: str) -> Principal:
-    """Resolve a presented key to its principal, or raise the documented error."""
+def authenticate_key(key: str, *, client: str | None = None) -> Principal:
+    """Resolve a presented key to its principal, or raise the documented error.
+
+    ``client`` (the caller's address) is throttled after too many failures.
+    """
+    throttle.check(client)
+    try:
+        return _authenticate(key)
+    except ApiError as exc:
+        if exc.status_code == 401 and key:
+            throttle.failed(client)
+        raise
+
+
+def _authenticate(key: str) -> Principal:
     if not key:
         raise unauthorized("Missing Authorization header")
     master = settings.ISOL8_API_KEY
@@ -85,8 +102,12 @@ def principal_of(request: Request) -> Principal:
 
 class ApiKeyAuthentication(BaseAuthentication):
     def authenticate(self, request: Request) -> tuple[Principal, Any]:
-        header = request.META.get("HTTP_AUTHORIZATION", "")
-        principal = authenticate_key(parse_authorization(header))
+        # A request with a body was authenticated before its body was read (isol8_site/asgi.py).
+        scope = getattr(request._request, "scope", None)
+        principal = scope.get(PRINCIPAL_SCOPE_KEY) if isinstance(scope, dict) else None
+        if not isinstance(principal, Principal):
+            header = request.META.get("HTTP_AUTHORIZATION", "")
+            principal = authenticate_key(parse_authorization(header), client=request.META.get("REMOTE_ADDR"))
         return principal, principal.api_key
 
     def authenticate_header(self, request: Request) -> str:

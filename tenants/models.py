@@ -52,6 +52,15 @@ def default_max_memory() -> int:
     return _tenant_cap("max_memory")
 
 
+def default_max_session_memory() -> int | None:
+    return _tenant_default("max_session_memory")
+
+
+def default_max_session_cpus() -> float | None:
+    value = settings.ISOL8_TENANT_DEFAULTS["max_session_cpus"]
+    return None if value is None else float(value)
+
+
 # The built-in tenant of the master key behaves like isol8's single-key server:
 # no per-minute, session or monthly limit, as many runs at once as the server's
 # maxConcurrent allows, and package installs. New tenants get the settings'
@@ -62,6 +71,8 @@ DEFAULT_TENANT_FIELDS: dict[str, object] = {
     "max_per_minute": None,
     "max_sessions": None,
     "monthly_seconds": None,
+    "max_session_memory": None,
+    "max_session_cpus": None,
     "allow_installs": True,
 }
 
@@ -118,7 +129,20 @@ class Tenant(models.Model):
         help_text="May use installPackages (installs reach only the package registries, via the egress proxy).",
     )
     monthly_seconds = models.PositiveIntegerField(
-        null=True, blank=True, help_text="Execution seconds per calendar month; empty = unlimited."
+        null=True, blank=True,
+        help_text="Execution seconds per calendar month (runs' time, plus CPU time sessions use between "
+        "runs); empty = unlimited.",
+    )
+    # What all of a tenant's live sessions may hold together: a session's
+    # container keeps its memory and CPUs while idle, and background processes
+    # keep using them.
+    max_session_memory = models.PositiveBigIntegerField(
+        null=True, blank=True, default=default_max_session_memory,
+        help_text="Memory limits of all live sessions together, in bytes; empty = unlimited.",
+    )
+    max_session_cpus = models.FloatField(
+        null=True, blank=True, default=default_max_session_cpus,
+        help_text="CPU limits of all live sessions together; empty = unlimited.",
     )
 
     class Meta:

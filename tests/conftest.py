@@ -23,6 +23,8 @@ import pytest
 from django.conf import settings
 from django.core.management import call_command
 
+from isol8_site.web import uvicorn_argv
+
 ROOT = Path(__file__).resolve().parent.parent
 MODES = [m for m in os.environ.get("ISOL8_TEST_MODES", "launcher,exec").split(",") if m]
 # For tests of the web tier (negotiation, admin pages, browsers): the sandbox mode
@@ -143,8 +145,7 @@ def stack(request: pytest.FixtureRequest, django_db_setup: Any, django_db_blocke
     web_log = open(log_dir / f"web-{mode}.log", "ab")  # noqa: SIM115
     # As `serve` runs it: several web processes (streams then cross processes).
     stack.procs["web"] = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "isol8_site.asgi:application", "--port", str(port),
-         "--workers", str(settings.ISOL8_WEB_WORKERS), "--no-access-log"],
+        uvicorn_argv(port=port, workers=settings.ISOL8_WEB_WORKERS),
         cwd=ROOT, env=env, stdout=web_log, stderr=subprocess.STDOUT,
     )
     stack.start_worker()

@@ -33,6 +33,7 @@ refused by the seccomp profile).
 from __future__ import annotations
 
 import base64
+import ctypes
 import errno
 import io
 import json
@@ -50,12 +51,18 @@ import tarfile
 import time
 from typing import Any, Callable
 
+# The code user of this sandbox: a uid of its own on the host (``serve --uid``);
+# in once mode, the uid the launcher was exec'd as.
 CODE_UID = 1000
 CODE_GID = 1000
+LIBC = ctypes.CDLL(None, use_errno=True)
+PR_CAPBSET_DROP = 24
 SANDBOX = "/sandbox"
 # Places the code user can write to. A reset empties all of them, so nothing of
 # one run is visible to the next one.
 SCRATCH_DIRS = ("/sandbox", "/tmp", "/dev/shm", "/dev/mqueue")
+# Where a run's files and outputPaths may be; the file API only reaches /sandbox.
+RUN_FILE_ROOTS = ("/sandbox", "/tmp")
 REQUEST_HEADER = struct.Struct(">I")
 FRAME_HEADER = struct.Struct(">IB")
 MAX_REQUEST_BYTES = 64 * 1024 * 1024
@@ -132,68 +139,79 @@ def running_as_code_user() -> bool:
     return os.getuid() == CODE_UID
 
 
+def drop_capability_bounding_set() -> None:
+    """Empty the capability bounding set (needs CAP_SETPCAP), before a child becomes the code user.
+
+    With an empty bounding set and NoNewPrivs, nothing the child executes can
+    ever gain a capability again, whatever file it runs.
+    """
+    try:
+        with open("/proc/sys/kernel/cap_last_cap") as fh:
+            last = int(fh.read())
+    except (OSError, ValueError):
+        last = 63
+    for cap in range(last + 1):
+        if LIBC.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0 and ctypes.get_errno() != errno.EINVAL:
+            raise OSError(ctypes.get_errno(), "cannot drop the capability bounding set")
+
+
 def become_code_user() -> None:
+    """In a child about to run code: no capabilities left, then the code user for good."""
+    if os.getuid() == 0:
+        drop_capability_bounding_set()
     os.setgroups([])
     os.setgid(CODE_GID)
     os.setuid(CODE_UID)
     os.umask(0o022)
 
 
-def as_code_user(fn: Callable[[], Any]) -> Any:
-    """Run ``fn`` with the code user's uid and return its JSON-able result.
+class acting_as_code_user:  # noqa: N801 - used like a function: `with acting_as_code_user():`
+    """Within the block, this process has the code user's effective uid and gid.
 
-    In ``serve`` mode this forks: the child drops to the code uid (which also
-    makes it non-dumpable, so the program cannot reach into it through /proc),
-    runs ``fn`` and sends the result back through a pipe. In ``once`` mode the
-    launcher already is the code user.
+    File access is then checked by the kernel as the code user's, and signals
+    reach exactly the code user's processes, without creating a process (a
+    sandbox whose process slots are all taken cannot fork). Only the effective
+    ids change: real and saved ids stay root, so the code user can never
+    signal this process (the kernel compares a sender's ids with the target's
+    real and saved ids), and leaving the block returns to root. In ``once``
+    mode the launcher already is the code user and nothing changes.
     """
-    if running_as_code_user():
-        return fn()
-    read_fd, write_fd = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # child
-        try:
-            os.close(read_fd)
-            become_code_user()
-            try:
-                result: Any = {"ok": fn()}
-            except OpError as exc:
-                result = {"op_error": [exc.code, exc.message]}
-            except Exception as exc:  # noqa: BLE001 - reported to the parent
-                result = {"op_error": ["internal", f"{type(exc).__name__}: {exc}"]}
-            data = json.dumps(result).encode()
-            view = memoryview(data)
-            while view:
-                view = view[os.write(write_fd, view) :]
-        finally:
-            os._exit(0)
-    os.close(write_fd)
-    chunks = []
-    while True:
-        chunk = os.read(read_fd, READ_CHUNK)
-        if not chunk:
-            break
-        chunks.append(chunk)
-    os.close(read_fd)
-    os.waitpid(pid, 0)
-    if not chunks:
-        raise OpError("internal", "helper process died")
-    result = json.loads(b"".join(chunks))
-    if "op_error" in result:
-        raise OpError(*result["op_error"])
-    return result["ok"]
+
+    def __enter__(self) -> None:
+        self.switched = not running_as_code_user()
+        if self.switched:
+            os.setresgid(-1, CODE_GID, -1)
+            os.setresuid(-1, CODE_UID, -1)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.switched:
+            os.setresuid(-1, 0, -1)
+            os.setresgid(-1, 0, -1)
 
 
-def live_code_processes() -> bool:
-    """True while a process of the code user other than this one is alive.
+def as_code_user(fn: Callable[[], Any]) -> Any:
+    """Run ``fn`` acting as the code user; any failure other than OpError becomes one."""
+    try:
+        with acting_as_code_user():
+            return fn()
+    except OpError:
+        raise
+    except OSError as exc:
+        raise OpError("internal", f"{exc.strerror or exc}") from None
+    except Exception as exc:  # noqa: BLE001 - the launcher must answer, not die
+        raise OpError("internal", f"{type(exc).__name__}: {exc}") from None
 
-    Zombies do not count: they are dead, and kill() still "succeeds" on them.
+
+def code_processes() -> list[tuple[int, str]]:
+    """(pid, state) of every process of the code user, other than this one.
+
     /proc/<pid>/status is read rather than the directory's owner, because a
     process that made itself non-dumpable shows a root-owned directory.
     """
-    me = str(os.getpid())
+    me = os.getpid()
+    found = []
     for name in os.listdir("/proc"):
-        if not name.isdigit() or name == me:
+        if not name.isdigit() or int(name) == me:
             continue
         try:
             with open(f"/proc/{name}/status") as fh:
@@ -207,26 +225,58 @@ def live_code_processes() -> bool:
             elif line.startswith("Uid:"):
                 uid = line.split()[1]
                 break
-        if uid == str(CODE_UID) and state not in ("Z", "X"):
-            return True
-    return False
+        if uid == str(CODE_UID):
+            found.append((int(name), state))
+    return found
+
+
+def live_code_processes() -> bool:
+    """True while a process of the code user other than this one is alive (zombies are dead)."""
+    return any(state not in ("Z", "X") for _, state in code_processes())
+
+
+def _signal_all(pids: list[int], sig: int) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
 
 
 def kill_code_user() -> bool:
-    """SIGKILL every process of the code user; True when none is left.
+    """SIGKILL every process of the code user; True when none is left. Never forks.
 
-    ``kill(-1)`` from the code uid reaches exactly the code user's processes
-    (a root process without CAP_KILL could not signal them), including children
-    that called setsid(). The kernel aborts a fork() whose parent has a fatal
-    signal pending, so a fork bomb cannot outrun the sweep; it is repeated
-    until /proc shows nothing alive, to be sure.
+    In serve mode the processes are first stopped, pass after pass, until none
+    is running: a stopped process cannot fork, so a fork bomb cannot refill
+    the process slots that the kills free. Then all of them are killed. No
+    process of this launcher is created, so this works with every slot of the
+    pids cgroup taken. No process but the code user's can be signalled here:
+    nothing else that could reuse a pid forks while this runs.
     """
-
-    return bool(as_code_user(sweep_code_user))
+    if running_as_code_user():
+        return sweep_code_user()
+    with acting_as_code_user():
+        for _ in range(50):
+            running = [pid for pid, state in code_processes() if state not in ("T", "t", "Z", "X")]
+            if not running:
+                break
+            _signal_all(running, signal.SIGSTOP)
+        for _ in range(200):
+            alive = [pid for pid, state in code_processes() if state not in ("Z", "X")]
+            if not alive:
+                return True
+            _signal_all(alive, signal.SIGKILL)
+            time.sleep(0.002)
+    return not live_code_processes()
 
 
 def sweep_code_user() -> bool:
-    """As the code user: SIGKILL all its other processes until none is alive."""
+    """As the code user itself (once mode): SIGKILL all its other processes until none is alive.
+
+    ``kill(-1)`` from the code uid reaches exactly the code user's processes
+    and the kernel aborts a fork() whose parent has a fatal signal pending, so
+    a fork bomb cannot outrun it; it is repeated until /proc shows nothing alive.
+    """
     for _ in range(200):
         try:
             os.kill(-1, signal.SIGKILL)
@@ -238,41 +288,62 @@ def sweep_code_user() -> bool:
     return False
 
 
+def fork() -> int:
+    """os.fork(), with a full pids cgroup reported as the sandbox's process limit."""
+    try:
+        return os.fork()
+    except BlockingIOError:
+        raise OpError(
+            "pids_exhausted", "the sandbox's process limit (pidsLimit) is reached: no process can be started"
+        ) from None
+
+
 # ------------------------------------------------------------------- file paths
 
 
-def sandbox_parts(path: str) -> list[str]:
-    """Split a user path into components beneath /sandbox, refusing escapes."""
+def scratch_root(path: str, roots: tuple[str, ...] = (SANDBOX,)) -> str:
+    """The scratch directory (/sandbox, or /tmp where allowed) that ``path`` is beneath."""
+    full = path if path.startswith("/") else posixpath.join(SANDBOX, path)
+    norm = posixpath.normpath(full)
+    for root in roots:
+        if norm == root or norm.startswith(root + "/"):
+            return root
+    raise OpError("path_outside_sandbox", f"path is outside {' or '.join(roots)}: {path}")
+
+
+def beneath_parts(path: str, root: str) -> list[str]:
+    """Split a user path into components beneath ``root``, refusing escapes."""
     if "\x00" in path:
         raise OpError("path_outside_sandbox", "path contains a NUL byte")
     full = path if path.startswith("/") else posixpath.join(SANDBOX, path)
     norm = posixpath.normpath(full)
-    if norm != SANDBOX and not norm.startswith(SANDBOX + "/"):
-        raise OpError("path_outside_sandbox", f"path is outside {SANDBOX}: {path}")
-    return [p for p in norm[len(SANDBOX) :].split("/") if p]
+    if norm != root and not norm.startswith(root + "/"):
+        raise OpError("path_outside_sandbox", f"path is outside {root}: {path}")
+    return [p for p in norm[len(root) :].split("/") if p]
 
 
-def open_beneath(parts: list[str], *, create_dirs: bool = False) -> tuple[int, str]:
-    """Open the parent directory of ``parts`` beneath /sandbox.
+def open_beneath(
+    parts: list[str], *, root: str = SANDBOX, create_dirs: bool = False, follow: bool = True
+) -> tuple[int, str]:
+    """Open the parent directory of ``parts`` beneath ``root``.
 
     Every component is opened with O_NOFOLLOW relative to the previous one.
-    Symlinks are resolved by hand and only while they stay beneath /sandbox;
-    one that leads anywhere else is refused. Returns (dir_fd, last name).
+    With ``follow``, symlinks are resolved by hand and only while they stay
+    beneath ``root``; one that leads anywhere else is refused. Without it, any
+    symlink on the way is refused. Returns (dir_fd, last name).
     """
     if not parts:
-        raise OpError("path_outside_sandbox", "path names /sandbox itself")
+        raise OpError("path_outside_sandbox", f"path names {root} itself")
     pending = list(parts)
-    stack: list[int] = [os.open(SANDBOX, os.O_RDONLY | os.O_DIRECTORY)]
-    names: list[str] = []
+    stack: list[int] = [os.open(root, os.O_RDONLY | os.O_DIRECTORY)]
     links = 0
     try:
         while len(pending) > 1:
             name = pending.pop(0)
             if name == "..":
                 if len(stack) == 1:
-                    raise OpError("path_outside_sandbox", "path leads outside /sandbox")
+                    raise OpError("path_outside_sandbox", f"path leads outside {root}")
                 os.close(stack.pop())
-                names.pop()
                 continue
             try:
                 fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=stack[-1])
@@ -288,33 +359,33 @@ def open_beneath(parts: list[str], *, create_dirs: bool = False) -> tuple[int, s
                 if not stat.S_ISLNK(st.st_mode):
                     raise OpError("not_found", "a path component is not a directory") from None
                 links += 1
+                if not follow:
+                    raise OpError("path_outside_sandbox", "the path goes through a symlink") from None
                 if links > MAX_SYMLINKS:
                     raise OpError("path_outside_sandbox", "too many symlinks") from None
                 target = os.readlink(name, dir_fd=stack[-1])
                 if target.startswith("/"):
-                    # Restart from /sandbox with the absolute target.
-                    new_parts = sandbox_parts(target)
+                    # Restart from the root with the absolute target.
+                    new_parts = beneath_parts(target, root)
                     for extra in stack[1:]:
                         os.close(extra)
                     del stack[1:]
-                    names.clear()
                     pending = new_parts + pending
                 else:
                     pending = [p for p in target.split("/") if p and p != "."] + pending
                 continue
             stack.append(fd)
-            names.append(name)
         last = pending[0]
         if last == "..":
-            raise OpError("path_outside_sandbox", "path leads outside /sandbox")
+            raise OpError("path_outside_sandbox", f"path leads outside {root}")
         return stack.pop(), last
     finally:
         for fd in stack:
             os.close(fd)
 
 
-def resolve_final(dir_fd: int, name: str) -> tuple[int, str]:
-    """Follow a final-component symlink while it stays beneath /sandbox."""
+def resolve_final(dir_fd: int, name: str, root: str = SANDBOX) -> tuple[int, str]:
+    """Follow a final-component symlink while it stays beneath ``root``."""
     for _ in range(MAX_SYMLINKS):
         try:
             st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
@@ -324,35 +395,45 @@ def resolve_final(dir_fd: int, name: str) -> tuple[int, str]:
             return dir_fd, name
         target = os.readlink(name, dir_fd=dir_fd)
         if target.startswith("/"):
-            parts = sandbox_parts(target)
+            parts = beneath_parts(target, root)
         else:
             # A relative target is resolved against the directory that holds it.
             here = os.readlink(f"/proc/self/fd/{dir_fd}")
-            parts = sandbox_parts(posixpath.join(here, target))
+            parts = beneath_parts(posixpath.join(here, target), root)
         os.close(dir_fd)
-        dir_fd, name = open_beneath(parts)
+        dir_fd, name = open_beneath(parts, root=root)
     os.close(dir_fd)
     raise OpError("path_outside_sandbox", "too many symlinks")
 
 
-def read_user_file(path: str, max_bytes: int) -> bytes:
-    dir_fd, name = resolve_final(*open_beneath(sandbox_parts(path)))
+def open_user_file(path: str, *, roots: tuple[str, ...] = (SANDBOX,), follow: bool = True) -> int:
+    """Open an existing regular file beneath one of ``roots`` for reading; never blocks."""
+    root = scratch_root(path, roots)
+    dir_fd, name = open_beneath(beneath_parts(path, root), root=root, follow=follow)
+    if follow:
+        dir_fd, name = resolve_final(dir_fd, name, root)
     try:
+        # O_NONBLOCK: opening a FIFO must not wait for a writer.
         fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dir_fd)
     except FileNotFoundError:
         raise OpError("not_found", f"file not found: {path}") from None
     except OSError as exc:
         if exc.errno == errno.ELOOP:
-            raise OpError("path_outside_sandbox", "symlink leads outside /sandbox") from None
+            raise OpError("path_outside_sandbox", f"{path} is a symlink") from None
         raise
     finally:
         os.close(dir_fd)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OpError("not_found", f"not a regular file: {path}")
+    return fd
+
+
+def read_fd(fd: int, max_bytes: int, path: str) -> bytes:
     try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise OpError("not_found", f"not a regular file: {path}")
-        if st.st_size > max_bytes:
-            raise OpError("payload_too_large", f"file is {st.st_size} bytes, limit {max_bytes}")
+        size = os.fstat(fd).st_size
+        if size > max_bytes:
+            raise OpError("payload_too_large", f"file is {size} bytes, limit {max_bytes}")
         chunks = []
         total = 0
         while True:
@@ -361,41 +442,51 @@ def read_user_file(path: str, max_bytes: int) -> bytes:
                 break
             total += len(chunk)
             if total > max_bytes:
-                raise OpError("payload_too_large", f"file is over the limit of {max_bytes} bytes")
+                raise OpError("payload_too_large", f"{path} is over the limit of {max_bytes} bytes")
             chunks.append(chunk)
         return b"".join(chunks)
     finally:
         os.close(fd)
 
 
-def write_user_file(path: str, content: bytes, mode: int = 0o644) -> None:
-    if path.startswith("/tmp/") or path == "/tmp":
-        # /tmp is only reachable for files sent with a run; it holds nothing to protect.
-        target = posixpath.normpath(path)
-        os.makedirs(posixpath.dirname(target), exist_ok=True)
-        with open(target, "wb") as fh:
-            fh.write(content)
-        return
-    dir_fd, name = resolve_final(*open_beneath(sandbox_parts(path), create_dirs=True))
+def read_user_file(path: str, max_bytes: int) -> bytes:
+    """A file beneath /sandbox (symlinks followed while they stay beneath it)."""
+    return read_fd(open_user_file(path), max_bytes, path)
+
+
+def write_user_file(path: str, content: bytes, mode: int = 0o644, roots: tuple[str, ...] = (SANDBOX,)) -> None:
+    """Create or replace a regular file beneath one of ``roots``; anything else there is refused.
+
+    Opened with O_NONBLOCK (a FIFO without a reader fails at once instead of
+    blocking this process) and checked to be a regular file before a byte is
+    written.
+    """
+    root = scratch_root(path, roots)
+    dir_fd, name = resolve_final(*open_beneath(beneath_parts(path, root), root=root, create_dirs=True), root)
     try:
         fd = os.open(
-            name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode, dir_fd=dir_fd
+            name, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, mode, dir_fd=dir_fd
         )
     except IsADirectoryError:
         raise OpError("validation_error", f"path is a directory: {path}") from None
     except OSError as exc:
         if exc.errno == errno.ELOOP:
-            raise OpError("path_outside_sandbox", "symlink leads outside /sandbox") from None
+            raise OpError("path_outside_sandbox", f"symlink leads outside {root}") from None
+        if exc.errno == errno.ENXIO:  # a FIFO nobody reads
+            raise OpError("validation_error", f"not a regular file: {path}") from None
         raise
     finally:
         os.close(dir_fd)
     try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OpError("validation_error", f"not a regular file: {path}")
+        os.ftruncate(fd, 0)
         view = memoryview(content)
         while view:
             view = view[os.write(fd, view) :]
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise OpError("sandbox_full", "no space left in /sandbox") from None
+            raise OpError("sandbox_full", f"no space left in {root}") from None
         raise
     finally:
         os.close(fd)
@@ -404,40 +495,39 @@ def write_user_file(path: str, content: bytes, mode: int = 0o644) -> None:
 def write_files(files: list[list[str]]) -> None:
     for path, b64 in files:
         try:
-            write_user_file(path, base64.b64decode(b64))
+            write_user_file(path, base64.b64decode(b64), roots=RUN_FILE_ROOTS)
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise OpError("sandbox_full", "no space left in the sandbox") from None
             raise OpError("validation_error", f"cannot write {path}: {exc.strerror}") from None
 
 
-def read_tmp_file(path: str, max_bytes: int) -> bytes:
-    """A run's output file under /tmp (anything the code could read itself anyway)."""
-    try:
-        fd = os.open(posixpath.normpath(path), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError:
-        raise OpError("not_found", f"file not found: {path}") from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_size > max_bytes:
-            raise OpError("not_found", f"not a regular file within the size limit: {path}")
-        with os.fdopen(os.dup(fd), "rb") as fh:
-            return fh.read(max_bytes + 1)[:max_bytes]
-    finally:
-        os.close(fd)
+def read_output_files(paths: list[str], max_file: int, max_total: int) -> dict[str, str]:
+    """A run's outputPaths: regular files only, no symlink anywhere on the way, each file once.
 
-
-def read_files(paths: list[str], max_bytes: int) -> dict[str, str]:
+    Missing or refused paths are omitted, as isol8 does; so are files past
+    ``max_total`` bytes in all (a file listed twice, or hard-linked under
+    two names, is returned once and counted once).
+    """
     found: dict[str, str] = {}
+    seen: set[tuple[int, int]] = set()
+    total = 0
     for path in paths:
         try:
-            if path.startswith("/tmp/"):
-                data = read_tmp_file(path, max_bytes)
-            else:
-                data = read_user_file(path, max_bytes)
-            found[path] = base64.b64encode(data).decode()
+            fd = open_user_file(path, roots=RUN_FILE_ROOTS, follow=False)
         except (OpError, OSError):
-            continue  # missing or refused output paths are omitted, as isol8 does
+            continue
+        st = os.fstat(fd)
+        if (st.st_dev, st.st_ino) in seen or total + st.st_size > max_total:
+            os.close(fd)
+            continue
+        try:
+            data = read_fd(fd, min(max_file, max_total - total), path)
+        except (OpError, OSError):
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        total += len(data)
+        found[path] = base64.b64encode(data).decode()
     return found
 
 
@@ -466,6 +556,21 @@ PIDS_FILES = (
     ("/sys/fs/cgroup/pids/pids.events", "max"),
     ("/sys/fs/cgroup/pids.events", "max"),
 )
+CPU_USAGE_FILES = (
+    ("/sys/fs/cgroup/cpu,cpuacct/cpuacct.usage", 1),  # cgroup v1: nanoseconds
+    ("/sys/fs/cgroup/cpuacct/cpuacct.usage", 1),
+)
+
+
+def cgroup_value(candidates: tuple[tuple[str, int], ...]) -> int:
+    """A single-number cgroup file (scaled), or cgroup v2's cpu.stat usage_usec in ns."""
+    for path, scale in candidates:
+        try:
+            with open(path) as fh:
+                return int(fh.read().strip()) * scale
+        except (OSError, ValueError):
+            continue
+    return cgroup_counter((("/sys/fs/cgroup/cpu.stat", "usage_usec"),)) * 1000
 
 
 # ------------------------------------------------------------------------ a run
@@ -550,7 +655,12 @@ def spawn(
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe()
     status_r, status_w = os.pipe2(os.O_CLOEXEC)
-    pid = os.fork()
+    try:
+        pid = fork()
+    except OpError:
+        for fd in (in_r, in_w, out_r, out_w, err_r, err_w, status_r, status_w):
+            os.close(fd)
+        raise
     if pid == 0:  # child
         try:
             os.close(status_r)
@@ -608,9 +718,11 @@ FORKSERVER_SOURCE = r"""
 import sys
 _isol8_fresh = set(sys.modules)
 import os, _socket, ctypes
-def _isol8_serve(fd):
+def _isol8_serve(fd, uid, gid):
     server = _socket.socket(fileno=fd)
     prctl = ctypes.CDLL(None, use_errno=True).prctl
+    with open("/proc/sys/kernel/cap_last_cap") as fh:
+        last_cap = int(fh.read())
     while True:
         try:
             _, ancdata, _, _ = server.recvmsg(1, _socket.CMSG_SPACE(4 * 4))
@@ -622,14 +734,22 @@ def _isol8_serve(fd):
                 fds += [int.from_bytes(data[i:i + 4], sys.byteorder) for i in range(0, len(data) - 3, 4)]
         if len(fds) != 4:
             os._exit(0)  # EOF, or not a request of the launcher
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except OSError:  # no process slot left (pidsLimit): say so and keep serving
+            for fd in fds:
+                os.close(fd)
+            server.sendall(b"E\n")
+            continue
         if pid == 0:
             try:
                 server.close()
                 os.setsid()
+                for cap in range(last_cap + 1):
+                    prctl(24, cap, 0, 0, 0)  # PR_CAPBSET_DROP: nothing can regain a capability
                 os.setgroups([])
-                os.setgid(1000)
-                os.setuid(1000)
+                os.setgid(gid)
+                os.setuid(uid)
                 os.umask(0o022)
                 for target, fd in enumerate(fds[:3]):
                     os.dup2(fd, target)
@@ -645,7 +765,7 @@ def _isol8_serve(fd):
         server.sendall(b"%d\n" % pid)
         _, status = os.waitpid(pid, 0)
         server.sendall(b"%d\n" % status)
-_isol8_ctl, _isol8_prctl = _isol8_serve(int(sys.argv[1]))
+_isol8_ctl, _isol8_prctl = _isol8_serve(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]))
 del _isol8_serve
 def _isol8_forget(fresh):
     for name in [m for m in sys.modules if m not in fresh]:
@@ -759,7 +879,12 @@ class ForkServer:
         self.sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         self.replies = self.sock.makefile("rb")
         self.next: tuple[int, int, int, int, int, int] | None = None  # pid, stdin, stdout, stderr, pidfd, ctl
-        pid = os.fork()
+        try:
+            pid = fork()
+        except OpError:
+            self.sock.close()
+            theirs.close()
+            raise
         if pid == 0:  # child: stdin/stdout on /dev/null, stderr shared with the launcher
             try:
                 null = os.open(os.devnull, os.O_RDWR)
@@ -769,7 +894,11 @@ class ForkServer:
                 os.set_inheritable(theirs.fileno(), True)
                 default_signals()
                 os.chdir("/")
-                os.execvpe(argv[0], [*argv, "-c", FORKSERVER_SOURCE, str(theirs.fileno())], env)
+                os.execvpe(
+                    argv[0],
+                    [*argv, "-c", FORKSERVER_SOURCE, str(theirs.fileno()), str(CODE_UID), str(CODE_GID)],
+                    env,
+                )
             finally:
                 os._exit(127)
         theirs.close()
@@ -800,9 +929,11 @@ class ForkServer:
         finally:
             for fd in (in_r, out_w, err_w, ctl_r):
                 os.close(fd)
-        if not line:
+        if not line or line == b"E\n":
             for fd in (in_w, out_r, err_r, ctl_w):
                 os.close(fd)
+            if line:
+                raise OpError("pids_exhausted", "the sandbox's process limit (pidsLimit) is reached")
             raise OpError("spawn_failed", "the python fork server stopped")
         pid = int(line)
         try:
@@ -1103,7 +1234,8 @@ def op_run(req: dict[str, Any]) -> None:
             paths = req.get("outputPaths") or []
             if paths and not outcome["timedOut"] and not outcome["cancelled"]:
                 max_file = int(req.get("maxFileBytes", 10 * 1024 * 1024))
-                outcome["files"] = as_code_user(lambda: read_files(paths, max_file))
+                max_total = int(req.get("maxOutputFilesBytes", max_file))
+                outcome["files"] = as_code_user(lambda: read_output_files(paths, max_file, max_total))
     except OpError as exc:
         send_json(b"x", {"error": exc.message, "code": exc.code})
         return
@@ -1150,39 +1282,36 @@ def remove_tree(path: str) -> None:
     os.rmdir(path)
 
 
+IPC_RMID = 0
+
+
 def remove_sysv_ipc() -> None:
-    """Remove System V shared memory, queues and semaphores the code user left."""
-    for kind, flag in (("shm", "-m"), ("msg", "-q"), ("sem", "-s")):
+    """Remove System V shared memory, queues and semaphores the code user left (no ipcrm process)."""
+    removers = (("shm", LIBC.shmctl, 3), ("msg", LIBC.msgctl, 3), ("sem", LIBC.semctl, 4))
+    for kind, remove, arity in removers:
         try:
             with open(f"/proc/sysvipc/{kind}") as fh:
                 lines = fh.readlines()[1:]
         except OSError:
             continue
-        ids = [line.split()[1] for line in lines if len(line.split()) > 1]
-        if ids:
-            pid = os.fork()
-            if pid == 0:
-                args = ["ipcrm"]
-                for ipc_id in ids:
-                    args += [flag, ipc_id]
-                os.execvp("ipcrm", args)
-            os.waitpid(pid, 0)
+        for line in lines:
+            fields = line.split()
+            if len(fields) > 1:
+                # shmctl(id, IPC_RMID, NULL), msgctl(id, IPC_RMID, NULL), semctl(id, 0, IPC_RMID)
+                args = (int(fields[1]), IPC_RMID, None) if arity == 3 else (int(fields[1]), 0, IPC_RMID, None)
+                remove(*args)
 
 
 def op_reset(_: dict[str, Any]) -> dict[str, Any]:
     """Kill every process of the code user, then empty every writable place.
 
-    One helper process does both, as the code user; the wipe only happens
-    once nothing of the code user is left alive to write again.
+    Neither step creates a process; the wipe only happens once nothing of
+    the code user is left alive to write again, and it acts as the code user.
     """
-
-    def reset() -> bool:
-        if not sweep_code_user():
-            return False
-        wipe_scratch()
-        return True
-
-    return {"clean": bool(as_code_user(reset))}
+    if not kill_code_user():
+        return {"clean": False}
+    as_code_user(wipe_scratch)
+    return {"clean": True}
 
 
 def op_get_file(req: dict[str, Any]) -> dict[str, Any]:
@@ -1217,7 +1346,7 @@ def op_get_tar(req: dict[str, Any]) -> dict[str, Any]:
         buffer = io.BytesIO()
         with tarfile.open(fileobj=buffer, mode="w:gz", compresslevel=1) as tar:
             for name in names:
-                parts = sandbox_parts(name)
+                parts = beneath_parts(name, SANDBOX)
                 path = posixpath.join(SANDBOX, *parts)
                 if os.path.lexists(path):
                     tar.add(path, arcname=posixpath.join(*parts))
@@ -1260,6 +1389,11 @@ def op_kill(_: dict[str, Any]) -> dict[str, Any]:
     return {"clean": kill_code_user()}
 
 
+def op_stats(_: dict[str, Any]) -> dict[str, Any]:
+    """The container's CPU time so far (its cgroup's cpuacct), for metering sessions."""
+    return {"cpuNs": cgroup_value(CPU_USAGE_FILES)}
+
+
 def op_zygote(req: dict[str, Any]) -> dict[str, Any]:
     """Fork python runs from a fork server started with (argv, env)."""
     global FORKSERVER_CONFIG
@@ -1274,6 +1408,7 @@ OPS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "get_file": op_get_file,
     "put_file": op_put_file,
     "kill": op_kill,
+    "stats": op_stats,
     "get_tar": op_get_tar,
     "put_tar": op_put_tar,
     "zygote": op_zygote,
@@ -1306,20 +1441,62 @@ def handle(req: dict[str, Any]) -> None:
     send_json(b"r", reply)
 
 
+IDENTITY_DIR = "/run/isol8"  # a tmpfs; /etc/passwd and /etc/group are symlinks into it
+
+
+def write_identity(uid: int, gid: int) -> None:
+    """Name this sandbox's code uid ``sandbox`` in /etc/passwd and /etc/group.
+
+    Each sandbox has a host uid of its own, which no image can know in
+    advance; programs that look their user up (whoami, git, ssh, npm) find it.
+    """
+    for name, line in (
+        ("passwd", f"sandbox:x:{uid}:{gid}:isol8 sandbox:/sandbox:/bin/bash\n"),
+        ("group", f"sandbox:x:{gid}:\n"),
+    ):
+        with open(f"/etc/{name}.base") as fh:
+            base = [entry for entry in fh.read().splitlines(keepends=True) if not entry.startswith("sandbox:")]
+        path = f"{IDENTITY_DIR}/{name}"
+        with open(path + ".new", "w") as fh:
+            fh.write("".join(base) + line)
+        os.chmod(path + ".new", 0o644)
+        os.replace(path + ".new", path)
+
+
+def set_code_user(args: list[str]) -> None:
+    """``--uid N`` names the code user (gid N too); without it, the uid this process runs as."""
+    global CODE_UID, CODE_GID
+    if "--uid" in args:
+        CODE_UID = CODE_GID = int(args[args.index("--uid") + 1])
+    else:
+        CODE_UID, CODE_GID = os.getuid(), os.getgid()
+
+
 def main() -> int:
     mode = sys.argv[1] if len(sys.argv) > 1 else "serve"
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    set_code_user(sys.argv[2:])
     if mode == "once":
         req = read_request(0)
         if req is not None:
             handle(req)
         return 0
+    if mode == "keepalive":
+        # The exec fallback's main process (no capability, not the code user):
+        # names the code user, then waits to be stopped.
+        write_identity(CODE_UID, CODE_GID)
+        while True:
+            signal.pause()
     if mode != "serve":
         print(f"unknown mode {mode}", file=sys.stderr)
         return 2
-    if running_as_code_user():
-        print("serve mode must not run as the code user", file=sys.stderr)
+    if running_as_code_user() or os.getuid() != 0:
+        print("serve mode runs as root with --uid naming the code user", file=sys.stderr)
         return 2
+    # Root's supplementary groups would grant group access while acting as the code user.
+    os.setgroups([])
+    os.umask(0o022)
+    write_identity(CODE_UID, CODE_GID)
     while True:
         try:
             req = PENDING.pop(0) if PENDING else read_request(0)

@@ -248,12 +248,12 @@ def test_serve_runs_a_server_that_isol8_run_can_use(tmp_path: Path) -> None:
     env = cli_env(DATABASE_URL=f"sqlite:///{tmp_path / 'serve.sqlite3'}", ISOL8_WORKER_HOST=host_name,
                   ISOL8_RUN_QUEUE=f"isol8.run.{host_name}", ISOL8_DATA_DIR=str(tmp_path))
     log = (tmp_path / "serve.log").open("wb")
-    proc = subprocess.Popen([str(ISOL8), "serve", "--port", str(port), "--key", "serve-master",
+    proc = subprocess.Popen([str(ISOL8), "serve", "--port", str(port), "--key", "serve-master-key-7f3e91ab24",
                              "--no-beat"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         wait_healthy(f"http://127.0.0.1:{port}", timeout=120, proc=proc, log=tmp_path / "serve.log")
         run = isol8("run", "-e", "print('served')", "--host", f"http://127.0.0.1:{port}",
-                    "--key", "serve-master")
+                    "--key", "serve-master-key-7f3e91ab24")
         assert (run.returncode, run.stdout, run.stderr) == (0, "served\n", "")
     finally:
         proc.send_signal(signal.SIGTERM)

@@ -6,6 +6,7 @@ import base64
 import time
 
 import pytest
+from django.conf import settings
 
 from executions import sandbox
 from executions.models import Execution
@@ -145,10 +146,14 @@ def test_code_runs_unprivileged_with_no_capabilities(api):
         "import os\n"
         "status = dict(l.split(':\\t', 1) for l in open('/proc/self/status').read().splitlines() if ':\\t' in l)\n"
         "print(os.getuid(), os.getgid(), status['CapEff'].strip(), status['CapPrm'].strip(),"
+        " status['CapInh'].strip(), status['CapAmb'].strip(), status['CapBnd'].strip(),"
         " status['NoNewPrivs'].strip(), status['Seccomp'].strip())\n"
     )
     body = run(api, {"runtime": "python", "code": code}).json()
-    assert body["stdout"] == "1000 1000 0000000000000000 0000000000000000 1 2"
+    uid, gid, *rest = body["stdout"].split()
+    # A uid of this sandbox's own, in the sandbox range; every capability set empty, the bounding set too.
+    assert uid == gid and settings.ISOL8_SANDBOX_UID_BASE <= int(uid) < settings.ISOL8_SANDBOX_UID_BASE + 65536
+    assert rest == ["0000000000000000"] * 5 + ["1", "2"]
 
 
 def test_code_has_no_network(api):
@@ -172,21 +177,24 @@ def test_container_of_a_run_has_every_hardening_control(api, stack, tenant):
     assert host["NetworkMode"] == "none"
     assert host["ReadonlyRootfs"] is True
     assert "noexec" in host["Tmpfs"]["/tmp"] and "nr_inodes" in host["Tmpfs"]["/tmp"]
-    assert "uid=1000" in host["Tmpfs"]["/sandbox"] and "nosuid" in host["Tmpfs"]["/sandbox"]
+    uid = attrs["Config"]["Labels"]["isol8.uid"]
+    assert f"uid={uid}" in host["Tmpfs"]["/sandbox"] and "nosuid" in host["Tmpfs"]["/sandbox"]
     assert host["Memory"] == 512 * 1024 * 1024
     assert host["MemorySwap"] == host["Memory"]
     assert host["PidsLimit"] == 64
-    assert host["Init"] is True
+    # tini from the image is PID 1: no init binary (or any other host file) is mounted in.
+    assert not host["Init"] and attrs["Config"]["Cmd"][0] == "/usr/bin/tini"
+    assert [m for m in attrs["Mounts"] if m.get("Type") == "bind"] == []
     assert host["NanoCpus"] == 1_000_000_000
     assert host["CapDrop"] == ["ALL"]
-    assert set(host["CapAdd"] or []) <= {"SETUID", "SETGID"}  # only the launcher's, see sandbox.py
+    assert set(host["CapAdd"] or []) <= {"SETUID", "SETGID", "SETPCAP"}  # only the launcher's, see sandbox.py
     assert "no-new-privileges" in host["SecurityOpt"]
     seccomp = next(o for o in host["SecurityOpt"] if o.startswith("seccomp="))
     assert "io_uring_setup" not in seccomp and '"ptrace"' not in seccomp
     assert host["CgroupnsMode"] == "private"
     assert host["IpcMode"] == "private"
     assert host["ShmSize"] > 0
-    assert {u["Name"] for u in host["Ulimits"]} == {"nofile", "fsize", "core"}
+    assert {u["Name"] for u in host["Ulimits"]} == {"nofile", "fsize", "core", "msgqueue"}
     assert not host.get("Binds") and not host.get("Devices") and not host["Privileged"]
     assert host["PidMode"] == "" and host["UsernsMode"] == ""
     labels = attrs["Config"]["Labels"]
@@ -194,7 +202,8 @@ def test_container_of_a_run_has_every_hardening_control(api, stack, tenant):
     assert labels["isol8.host"] == stack.env["ISOL8_WORKER_HOST"]
     # A warm container is labelled before its first tenant is known.
     assert labels["isol8.tenant"] in (tenant.slug, "unassigned")
-    assert "isol8.execution" in labels or labels.get("isol8.pool") == "warm"
+    # Reused for the tenant's later runs: no execution's name on it for life.
+    assert "isol8.execution" not in labels and labels.get("isol8.pool") in ("warm", "tenant")
     assert attrs["Config"]["User"] in ("0:0", "65534:65534")
 
 
@@ -254,7 +263,9 @@ def test_forked_python_runs_match_a_fresh_interpreter(api):
     fresh = run(api, {"runtime": "python", "code": code, "env": {"PYTHONHASHSEED": "random"}}).json()
     assert forked["exitCode"] == 0, forked
     assert forked["stdout"] == again["stdout"] == fresh["stdout"]
-    assert forked["stdout"].splitlines()[1:] == ["True 1000 1000", "False False"]
+    environ_ok, uid, gid = forked["stdout"].splitlines()[1].split()
+    assert environ_ok == "True" and uid == gid and int(uid) >= settings.ISOL8_SANDBOX_UID_BASE
+    assert forked["stdout"].splitlines()[2] == "False False"
 
 
 def test_python_runs_in_a_session_are_new_processes(api):
@@ -283,7 +294,7 @@ def test_code_cannot_signal_or_read_the_processes_that_tend_it(api):
         "        uid = [l for l in open(f'/proc/{pid}/status') if l.startswith('Uid:')][0].split()[1]\n"
         "    except OSError:\n"
         "        continue\n"
-        "    if uid != '1000':\n"
+        "    if uid != str(os.getuid()):\n"
         "        others.append(int(pid))\n"
         "outcomes = set()\n"
         "for pid in others:\n"

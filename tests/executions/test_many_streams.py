@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
-import sys
 
 import httpx
 import pytest
 
+from isol8_site.web import uvicorn_argv
 from tests.conftest import ROOT, free_port, wait_healthy
 
 pytestmark = pytest.mark.stack
@@ -41,9 +41,10 @@ async def follow(client: httpx.AsyncClient, path: str, opened: asyncio.Event, co
 def test_one_web_process_holds_500_streams(api, stack, api_key, capsys):
     # One uvicorn process of its own (the stack's web runs several), on the same stack.
     port = free_port()
+    log = open(stack.log_dir / "web-500-streams.log", "ab")  # noqa: SIM115 - lives with the process
     web = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "isol8_site.asgi:application", "--port", str(port), "--no-access-log"],
-        cwd=ROOT, env=stack.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        uvicorn_argv(port=port),
+        cwd=ROOT, env={**stack.env, "ISOL8_TENANT_MAX_STREAMS": "1000"}, stdout=log, stderr=subprocess.STDOUT,
     )
     try:
         wait_healthy(f"http://127.0.0.1:{port}", timeout=30)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -14,6 +13,7 @@ import pytest
 from executions import sandbox
 from executions.models import Execution
 from executions.worker import alive_hosts
+from isol8_site.web import uvicorn_argv
 from tests.conftest import ROOT, free_port, make_key, run, wait_healthy
 
 pytestmark = pytest.mark.stack
@@ -100,7 +100,7 @@ def test_max_concurrent_caps_runs_across_two_workers(stack, tenant, tmp_path):
     port = free_port()
     env = {**stack.env, "ISOL8_CONFIG": str(config)}
     web = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "isol8_site.asgi:application", "--port", str(port), "--no-access-log"],
+        uvicorn_argv(port=port),
         cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     stack.start_worker("worker-cap", ISOL8_WORKER_HOST=second_host)

@@ -122,7 +122,7 @@ def test_the_documented_curl_streams_with_the_fields_at_the_top_level(stack, api
          "-d", '{"request":{"code":"echo hi","runtime":"bash"}}', "-w", "\n%{http_code}"],
         capture_output=True, text=True, timeout=60, check=True,
     )
-    assert result.stdout.rstrip().endswith("200") and '"data": "hi\\n"' in result.stdout
+    assert result.stdout.rstrip().endswith("200") and '"data":"hi\\n"' in result.stdout
 
 
 def test_top_level_request_fields_work_on_execute_and_mixing_the_forms_is_400(api):

@@ -17,6 +17,8 @@ from tests.conftest import ROOT, free_port, wait_healthy
 
 pytestmark = pytest.mark.stack
 
+SERVE_KEY = "serve-key-0c4d2e7a9b13f85"
+
 
 def descendants_of(pid: int) -> set[int]:
     found: set[int] = set()
@@ -58,13 +60,13 @@ def test_serve_starts_clean_and_stops_cleanly(stack, transactional_db, tmp_path)
     env = {**stack.env, "ISOL8_WORKER_HOST": host, "ISOL8_RUN_QUEUE": f"isol8.run.{host}", "PORT": "",
            "ISOL8_DATA_DIR": str(tmp_path), "DATABASE_URL": f"sqlite:///{tmp_path}/serve.sqlite3"}
     proc = subprocess.Popen(
-        [sys.executable, "manage.py", "serve", "--port", str(port), "--key", "serve-key"],
+        [sys.executable, "manage.py", "serve", "--port", str(port), "--key", SERVE_KEY],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )
     try:
         url = f"http://127.0.0.1:{port}"
         wait_healthy(url, timeout=60, proc=proc)
-        response = httpx.post(f"{url}/execute", headers={"Authorization": "Bearer serve-key"},
+        response = httpx.post(f"{url}/execute", headers={"Authorization": f"Bearer {SERVE_KEY}"},
                               json={"request": {"runtime": "python", "code": "print(1)"}}, timeout=60)
         assert response.json()["stdout"] == "1", response.text
         assert len(children_of(proc.pid)) == 3  # web, worker, beat
@@ -74,7 +76,8 @@ def test_serve_starts_clean_and_stops_cleanly(stack, transactional_db, tmp_path)
         proc.send_signal(signal.SIGTERM)
         output = proc.communicate(timeout=60)[0].decode()
     assert proc.returncode == 0, output
-    assert "listening on http://127.0.0.1:" in output and "curl -H 'Authorization: Bearer serve-key'" in output
+    assert "listening on http://127.0.0.1:" in output and "Master key: the value of --key" in output
+    assert SERVE_KEY not in output  # the key is never written to a log
     assert not [pid for pid in children if alive(pid)]
     assert sandbox.list_managed(host=host) == []
 
@@ -83,7 +86,7 @@ def test_config_with_an_unknown_key_refuses_to_start_naming_it(tmp_path, stack):
     config = tmp_path / "isol8.config.json"
     config.write_text(json.dumps({"maxConcurrent": 4, "defaults": {"timeoutMs": 1000, "memroyLimit": "1g"}}))
     result = subprocess.run(
-        [sys.executable, "manage.py", "serve", "--config", str(config), "--key", "k"],
+        [sys.executable, "manage.py", "serve", "--config", str(config), "--key", SERVE_KEY],
         cwd=ROOT, env=stack.env, capture_output=True, text=True, timeout=60,
     )
     assert result.returncode != 0

@@ -133,7 +133,8 @@ def test_second_execution_while_one_runs_is_409(api):
     thread.join()
     assert response.status_code == 409
     assert response.json()["code"] == "session_busy"
-    assert in_session(api, "busy", {"runtime": "bash", "code": "echo later"}).json()["stdout"] == "later"
+    later = in_session(api, "busy", {"runtime": "bash", "code": "echo later"}).json()
+    assert later["stdout"] == "later", later
 
 
 def test_runtime_switch_is_400(api):

@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 from django.conf import settings
@@ -26,10 +27,13 @@ from executions.packages import build_prebuilt_images
 from isol8_site.celery import host_queue
 from isol8_site.config import ConfigError, load_config
 from isol8_site.errors import ApiError
+from isol8_site.web import uvicorn_argv
 from sessions_app.models import Session, SessionState
 from tenants.services import tenant_ensure_default
 
 STOP_GRACE_SECONDS = 20
+# A child that exits this soon after `serve` started is a start-up failure, not a crash.
+STARTUP_SECONDS = 10.0
 
 
 class Command(BaseCommand):
@@ -54,12 +58,7 @@ class Command(BaseCommand):
             except ConfigError as exc:
                 raise CommandError(f"bad config: {exc}") from exc
             env["ISOL8_CONFIG"] = os.path.abspath(opts["config"])
-        key = opts["key"] or settings.ISOL8_API_KEY
-        if not key and opts["generate_key"]:
-            key = "isol8_master_" + secrets.token_hex(24)
-            self.stdout.write(f"No ISOL8_API_KEY set; generated master key for this run: {key}")
-        if not key:
-            raise CommandError("API key required: use --key or set ISOL8_API_KEY")
+        key, where = self.master_key(opts)
         env["ISOL8_API_KEY"] = key
         if not 1 <= opts["port"] <= 65535:
             raise CommandError(f"invalid port {opts['port']}")
@@ -75,12 +74,7 @@ class Command(BaseCommand):
         python = sys.executable
         host = settings.ISOL8_WORKER_HOST
         commands = {
-            "web": [
-                python, "-m", "uvicorn", "isol8_site.asgi:application",
-                "--host", opts["host"], "--port", str(opts["port"]),
-                "--workers", str(opts["web_workers"]), "--no-access-log",
-                "--timeout-graceful-shutdown", "5",
-            ],
+            "web": uvicorn_argv(host=opts["host"], port=opts["port"], workers=opts["web_workers"]),
             "worker": [
                 python, "-m", "celery", "-A", "isol8_site", "worker", "-P", "threads",
                 "-c", str(settings.ISOL8_WORKER_CONCURRENCY), "-n", f"isol8@{host}",
@@ -107,25 +101,77 @@ class Command(BaseCommand):
         try:
             for name, argv in commands.items():
                 children[name] = subprocess.Popen(argv, env=env, cwd=settings.BASE_DIR)
-            self.banner(opts["host"], opts["port"], key)
-            while not stopping:
-                for name, child in children.items():
-                    if child.poll() is not None:
-                        self.stderr.write(f"{name} exited with {child.returncode}; stopping")
-                        stopping = True
-                time.sleep(0.3)
+            self.banner(opts["host"], opts["port"], where)
+            self.supervise(children, commands, env, lambda: stopping)
         finally:
             self.shutdown(children)
 
-    def banner(self, bind: str, port: int, key: str) -> None:
+    def master_key(self, opts: dict[str, Any]) -> tuple[str, str]:
+        """The master key and where it comes from (for the banner: the key itself is never printed)."""
+        if opts["key"]:
+            if len(opts["key"]) < settings.MASTER_KEY_MIN_LENGTH or len(set(opts["key"])) < 8:
+                raise CommandError(f"--key is too weak: use at least {settings.MASTER_KEY_MIN_LENGTH} characters")
+            return opts["key"], "the value of --key"
+        if settings.ISOL8_API_KEY:
+            if os.environ.get("ISOL8_API_KEY"):
+                return settings.ISOL8_API_KEY, "the value of $ISOL8_API_KEY"
+            return settings.ISOL8_API_KEY, f"in {settings.MASTER_KEY_FILE}"
+        if not opts["generate_key"]:
+            raise CommandError("API key required: use --key or set ISOL8_API_KEY")
+        # Made once and kept (readable by this user only), so it survives restarts.
+        fd = os.open(settings.MASTER_KEY_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write("isol8_master_" + secrets.token_hex(24) + "\n")
+        return settings.MASTER_KEY_FILE.read_text().strip(), f"generated into {settings.MASTER_KEY_FILE}"
+
+    def supervise(
+        self,
+        children: dict[str, subprocess.Popen[bytes]],
+        commands: dict[str, list[str]],
+        env: dict[str, str],
+        stopping: Callable[[], bool],
+    ) -> None:
+        """Restart a child that dies, with backoff, while the others keep serving.
+
+        A child that fails within its first seconds after ``serve`` started
+        (a port in use, a bad setting) stops everything instead: restarting
+        cannot fix that. Later deaths (a worker killed, a crash) are restarted
+        after 1, 2, 4 ... 30 s, the delay growing while it keeps dying.
+        """
+        started = time.monotonic()
+        deaths: dict[str, list[float]] = {name: [] for name in children}
+        due: dict[str, float] = {}
+        while not stopping():
+            now = time.monotonic()
+            for name, child in children.items():
+                if name in due or child.poll() is None:
+                    continue
+                if now - started < STARTUP_SECONDS:
+                    raise CommandError(f"{name} exited with {child.returncode} while starting; see its output above")
+                deaths[name] = [t for t in deaths[name] if now - t < 300] + [now]
+                delay = min(30.0, 2.0 ** (len(deaths[name]) - 1))
+                self.stderr.write(f"{name} exited with {child.returncode}; restarting it in {delay:g} s")
+                due[name] = now + delay
+            for name, when in list(due.items()):
+                if when <= now:
+                    del due[name]
+                    children[name] = subprocess.Popen(commands[name], env=env, cwd=settings.BASE_DIR)
+            time.sleep(0.3)
+
+    def banner(self, bind: str, port: int, key_source: str) -> None:
         where = "localhost" if bind in ("0.0.0.0", "127.0.0.1", "::") else bind
         url = f"http://{where}:{port}"
+        key_file = str(settings.MASTER_KEY_FILE)
+        bearer = f"$(cat {key_file})" if key_file in key_source else (
+            "$ISOL8_API_KEY" if "ISOL8_API_KEY" in key_source else "<your --key>"
+        )
         self.stdout.write(
             f"isol8 server v{settings.ISOL8_VERSION} listening on http://{bind}:{port} "
             f"(worker {settings.ISOL8_WORKER_HOST}, {settings.ISOL8_SANDBOX_MODE} mode; "
             "Ctrl-C stops everything)\n"
+            f"Master key: {key_source} (it is never printed)\n"
             "Try it:\n"
-            f"  curl -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' \\\n"
+            f"  curl -H \"Authorization: Bearer {bearer}\" -H 'Content-Type: application/json' \\\n"
             f"       -d '{{\"request\":{{\"runtime\":\"python\",\"code\":\"print(1)\"}}}}' {url}/execute\n"
             f"Admin: {url}/admin/ (user {os.environ.get('ISOL8_ADMIN_USER', 'admin')}; "
             "set ISOL8_ADMIN_PASSWORD before `make run` to create or reset it)"
