@@ -14,4 +14,5 @@ COPY . .
 RUN DJANGO_SECRET_KEY=collectstatic-only ISOL8_DATA_DIR=/tmp/build python manage.py collectstatic --noinput -v 0
 RUN useradd --system --uid 999 isol8 && mkdir -p /data && chown isol8 /data
 EXPOSE 3000
-CMD ["sh", "-c", "python manage.py migrate --noinput && python -m uvicorn isol8_site.asgi:application --host 0.0.0.0 --port 3000 --workers ${WEB_WORKERS:-2} --no-access-log"]
+# The web tier as `serve` runs it (isol8_site/web.py: bounded request heads).
+CMD ["sh", "-c", "python manage.py migrate --noinput && python -m uvicorn isol8_site.asgi:application --host 0.0.0.0 --port 3000 --workers ${WEB_WORKERS:-2} --http isol8_site.http:BoundedHttpToolsProtocol --no-access-log --timeout-graceful-shutdown 5 --timeout-keep-alive 5"]

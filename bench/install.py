@@ -22,7 +22,16 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.stack import TENANT, BenchEnv, Stack, bench_env, remove_containers, setup_django
+from bench.stack import (
+    DEFAULT_EVENTS_REDIS_URL,
+    DEFAULT_REDIS_URL,
+    TENANT,
+    BenchEnv,
+    Stack,
+    bench_env,
+    remove_containers,
+    setup_django,
+)
 
 CASES = [
     ("python", ["six"], "import six; print(six.__name__)", "six"),
@@ -72,7 +81,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=20)
     args = parser.parse_args()
-    env: BenchEnv = bench_env(mode="launcher", redis_url="redis://127.0.0.1:6379/14")
+    env: BenchEnv = bench_env(mode="launcher", redis_url=DEFAULT_REDIS_URL, events_redis_url=DEFAULT_EVENTS_REDIS_URL)
     setup_django(env)
     stack = Stack(env=env, worker_threads=8, runtimes=["python", "node"])
     try:

@@ -31,9 +31,16 @@ from bench.machine import cpu_speed_ms, load_average, machine_facts
 from bench.measure import Series, Throughput, sequential, throughput
 from bench.programs import PROGRAMS, Program
 from bench.report import RuntimeResult, error_details, machine_header, runtime_table, write_json
-from bench.stack import BenchEnv, Stack, bench_env, pin_images, remove_containers, setup_django
-
-DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/14"
+from bench.stack import (
+    DEFAULT_EVENTS_REDIS_URL,
+    DEFAULT_REDIS_URL,
+    BenchEnv,
+    Stack,
+    bench_env,
+    pin_images,
+    remove_containers,
+    setup_django,
+)
 
 
 @dataclass(frozen=True)
@@ -73,7 +80,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--url", help="benchmark this running server instead of starting one")
     parser.add_argument("--key", help="API key for --url (its tenant's quotas must not limit the runs)")
     parser.add_argument("--redis-url", default=DEFAULT_REDIS_URL,
-                        help=f"Redis database of the stack started here (default {DEFAULT_REDIS_URL})")
+                        help="main Redis database of the stack started here (default: bootstrap's, db 14)")
+    parser.add_argument("--events-redis-url", default=DEFAULT_EVENTS_REDIS_URL,
+                        help="events Redis database of the stack started here (default: bootstrap's, db 14)")
     args = parser.parse_args(argv)
     unknown = [rt for rt in args.runtimes if rt not in PROGRAMS]
     if unknown:
@@ -223,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, terminate)
     started_at = datetime.now(UTC)
     clock = time.monotonic()
-    env = bench_env(mode=args.mode, redis_url=args.redis_url)
+    env = bench_env(mode=args.mode, redis_url=args.redis_url, events_redis_url=args.events_redis_url)
     # The stack's logs are kept when something went wrong; they say why.
     keep_logs = not args.url
     try:

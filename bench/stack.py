@@ -29,6 +29,18 @@ TENANT = "bench"
 TENANT_MAX_CONCURRENT = 10_000
 TENANT_MAX_PER_MINUTE = 10_000_000
 HEALTH_TIMEOUT = 120.0
+
+
+def local_redis(port: int, db: int) -> str:
+    """A Redis database of the servers scripts/bootstrap.sh started (with their generated password)."""
+    password_file = ROOT / "var" / "redis.password"
+    auth = f":{password_file.read_text().strip()}@" if password_file.exists() else ""
+    return f"redis://{auth}127.0.0.1:{port}/{db}"
+
+
+DEFAULT_REDIS_URL = local_redis(6379, 14)
+DEFAULT_EVENTS_REDIS_URL = local_redis(6380, 14)
+
 STOP_TIMEOUT = 30.0
 
 
@@ -51,7 +63,7 @@ class BenchEnv:
         return self.data_dir / "logs"
 
 
-def bench_env(*, mode: str, redis_url: str) -> BenchEnv:
+def bench_env(*, mode: str, redis_url: str, events_redis_url: str) -> BenchEnv:
     host = f"bench-{os.getpid()}"
     data_dir = Path(tempfile.mkdtemp(prefix="isol8-bench-"))
     (data_dir / "logs").mkdir()
@@ -61,6 +73,7 @@ def bench_env(*, mode: str, redis_url: str) -> BenchEnv:
         "DATABASE_URL": f"sqlite:///{data_dir / 'db.sqlite3'}",
         "REDIS_URL": redis_url,
         "CELERY_BROKER_URL": redis_url,
+        "ISOL8_EVENTS_REDIS_URL": events_redis_url,
         "ISOL8_WORKER_HOST": host,
         "ISOL8_RUN_QUEUE": f"isol8.run.{host}",
         "ISOL8_SANDBOX_MODE": mode,

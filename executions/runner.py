@@ -117,11 +117,11 @@ def build_request(
 class Masker:
     """Replaces secret values with ``***`` in a stream of text.
 
-    One compiled alternation replaces every secret in a single pass over each
+    One compiled alternation finds every secret in a single pass over each
     chunk (longest secrets first, so a secret containing another is masked
-    whole). A chunk may end in the middle of a secret, so the longest tail
-    that could still grow into one is held back until the next chunk (or the
-    end); finding it looks only at the last ``longest - 1`` characters and
+    whole), exactly as one pass over the whole output would. A chunk may end
+    in the middle of a secret, so the longest tail that could still grow into
+    one is held back until the next chunk (or the end); finding it looks only at the last ``longest - 1`` characters and
     only where a secret's first character occurs. With at most
     ISOL8_MAX_SECRETS secrets of at most ISOL8_MAX_SECRET_BYTES, the cost is
     linear in the output.
@@ -136,10 +136,22 @@ class Masker:
     def feed(self, text: str) -> str:
         if self.pattern is None:
             return text
-        text = self.pattern.sub("***", self.pending + text)
-        hold = self._partial_secret_at_end(text)
-        self.pending = text[len(text) - hold :] if hold else ""
-        return text[: len(text) - hold] if hold else text
+        raw = self.pending + text
+        # What might be the start of a secret that the next chunk completes is
+        # kept back, and no match may start there yet: a short secret there could
+        # be the beginning of a longer one, which the whole text would mask.
+        held_from = len(raw) - self._partial_secret_at_end(raw)
+        out: list[str] = []
+        position = 0
+        for match in self.pattern.finditer(raw):
+            if match.start() >= held_from:
+                break
+            out += (raw[position : match.start()], "***")
+            position = match.end()
+        held_from = max(held_from, position)
+        out.append(raw[position:held_from])
+        self.pending = raw[held_from:]
+        return "".join(out)
 
     def _partial_secret_at_end(self, text: str) -> int:
         """Length of the longest end of ``text`` that a secret starts with (0: none)."""

@@ -539,8 +539,13 @@ def reap_lost_executions() -> int:
     """Fail executions whose worker is gone or that waited in the queue too long.
 
     Runs in Celery beat's periodic task; any process may do it because it only
-    looks at heartbeats and the database.
+    looks at heartbeats and the database. Right after Redis (re)started, a
+    worker's heartbeat can be stale only because Redis was away: nothing is
+    reaped until every worker had its full heartbeat horizon to beat again.
     """
+    horizon = 3 * settings.ISOL8_HEARTBEAT_SECONDS
+    if int(get_redis().info("server")["uptime_in_seconds"]) < horizon + 1:
+        return 0
     alive = alive_hosts()
     failed = 0
     running = Execution.objects.filter(status=Status.RUNNING).exclude(worker_host__in=alive)

@@ -33,16 +33,21 @@ one_mode = pytest.mark.parametrize("stack", MODES[:1], indirect=True)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Transactional tests flush every table but the content types.
+    """Tests of the stack use the test database; transactional ones flush every table but content types.
 
-    The stack's web processes outlive single tests and cache content type ids
-    (the admin's change log refers to them); a flush that re-created those
-    rows under new ids would leave the admin writing dangling references.
+    A test that only asks for the stack still needs the test database made
+    (pytest-django makes it only for tests that say they use it), and what it
+    writes must be visible to the stack's processes: it is marked
+    transactional. The stack's web processes outlive single tests and cache
+    content type ids (the admin's change log refers to them); a flush that
+    re-created those rows under new ids would leave the admin writing
+    dangling references.
     """
     kept = "django.contrib.contenttypes"
     apps = [app for app in settings.INSTALLED_APPS if app != kept]
     for item in items:
-        if "transactional_db" in getattr(item, "fixturenames", ()) and item.get_closest_marker("django_db") is None:
+        names = getattr(item, "fixturenames", ())
+        if ("transactional_db" in names or "stack" in names) and item.get_closest_marker("django_db") is None:
             item.add_marker(pytest.mark.django_db(transaction=True, available_apps=apps))
 
 
