@@ -169,8 +169,9 @@ class Masker:
         return best
 
     def flush(self) -> str:
+        """The end of the stream: what was held back, with its secrets masked."""
         rest, self.pending = self.pending, ""
-        return rest
+        return self.pattern.sub("***", rest) if self.pattern is not None and rest else rest
 
 
 @dataclass

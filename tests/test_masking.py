@@ -52,3 +52,9 @@ def test_random_streams_are_masked_as_if_whole(seed):
 
 def test_no_secrets_is_a_pass_through():
     assert Masker([]).feed("".join(string.printable)) == string.printable
+
+
+def test_a_secret_at_the_very_end_is_masked_even_when_it_could_start_a_longer_one():
+    # "ab" is complete, but it is also how "abaaaa" begins: held back, then masked at the end.
+    assert masked_stream(["ab", "abaaaa"], "xxab", []) == "xx***"
+    assert masked_stream(["ab", "abaaaa"], "xxaba", [3]) == "xx***a"
