@@ -459,6 +459,8 @@ async def stream_events(
                         ending = await _ending(client, channel, row, last_id)
                     except (redis.RedisError, OSError):
                         ending = _numbered(channel, last_id, terminal_events(row))
+                    if ending is None:
+                        continue  # its events reached Redis meanwhile: read them
                     for text in ending:
                         yield text
                     return
@@ -477,8 +479,11 @@ def _numbered(channel: str, last_id: int, items: list[tuple[str, str]]) -> list[
     return [_encoded(channel, last_id + n, kind, data) for n, (kind, data) in enumerate(items, start=1)]
 
 
-async def _ending(client: redis.asyncio.Redis, channel: str, row: Any, last_id: int) -> list[str]:
-    """What a finished run's stream still sends when Redis has nothing after ``last_id``.
+async def _ending(client: redis.asyncio.Redis, channel: str, row: Any, last_id: int) -> list[str] | None:
+    """What a finished run's stream still sends when Redis had nothing after ``last_id``.
+
+    None: events after ``last_id`` are there now (they arrived while the row
+    was read); the stream reads them as usual.
 
     * Its list is gone (expired after EVENT_RETENTION, or the events Redis lost
       it): a client that has seen nothing gets the run as its history has it,
@@ -496,10 +501,12 @@ async def _ending(client: redis.asyncio.Redis, channel: str, row: Any, last_id: 
             return _numbered(channel, 0, history_events(row))
         gone = ("error", LIVE_OUTPUT_GONE.format(execution_id=row.pk))
         return _numbered(channel, last_id, [gone, *terminal_events(row)])
+    if length > last_id:
+        return None
     last = await client.lindex(key, -1)
-    if last is not None and _decode(channel, length, last).type == EXIT and last_id >= length:
+    if last is not None and _decode(channel, length, last).type == EXIT:
         return []
-    return _numbered(channel, max(last_id, length), terminal_events(row))
+    return _numbered(channel, last_id, terminal_events(row))
 
 
 async def replay_finished(execution_id: object, *, after: int = 0) -> AsyncIterator[str]:
