@@ -2,7 +2,7 @@
 PORT ?= 3000
 PY := .venv/bin/python
 
-.PHONY: run test bootstrap lint bench
+.PHONY: run test test-fast test-stack bootstrap lint bench
 
 bootstrap:
 	scripts/bootstrap.sh
@@ -12,13 +12,23 @@ run:
 	$(PY) manage.py ensure_admin
 	$(PY) manage.py serve --port $(PORT) --host $${ISOL8_BIND:-127.0.0.1} --generate-key
 
-test:
+# Every layer, fastest first: lint and import rules, then unit and API tests
+# (no Docker, about a minute), then the real stack in both sandbox modes.
+test: test-fast test-stack
+
+test-fast:
+	scripts/bootstrap.sh --dev --no-docker
+	$(MAKE) lint
+	$(PY) -m pytest tests/unit tests/api $(PYTEST_ARGS)
+
+test-stack:
 	scripts/bootstrap.sh --dev
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest tests/stack $(PYTEST_ARGS)
 
 lint:
 	.venv/bin/ruff check .
 	.venv/bin/mypy .
+	PYTHONPATH=. .venv/bin/lint-imports
 
 bench:
 	$(PY) bench/run.py

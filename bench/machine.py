@@ -28,10 +28,10 @@ def cpu_model() -> str:
 
 
 def docker_version() -> str:
-    from executions import sandbox
+    from sandbox import dockerapi
 
     try:
-        return str(sandbox.client().version().get("Version", "unknown"))
+        return str(dockerapi.client().version().get("Version", "unknown"))
     except Exception as exc:  # noqa: BLE001 - reported, not fatal
         return f"unreachable ({exc})"
 

@@ -5,7 +5,7 @@
 For several secret sets (up to the caps ISOL8_MAX_SECRETS x ISOL8_MAX_SECRET_BYTES)
 it feeds 512 KiB of output, in 32 KiB chunks, whose text keeps starting secrets
 without finishing them (the case that makes a masker hold text back), through
-``executions.runner.Masker`` and through the baseline: one ``str.replace`` per
+``sandbox.run.Masker`` and through the baseline: one ``str.replace`` per
 secret over the whole text at once (no chunking, no hold-back; it can mask
 wrong at chunk boundaries, so it is a floor, not an alternative). Prints CPU
 milliseconds per 512 KiB: median, p95, and the ratio of the medians.
@@ -51,7 +51,7 @@ def main() -> int:
     import django
 
     django.setup()
-    from executions.runner import Masker
+    from sandbox.run import Masker
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=30)

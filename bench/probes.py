@@ -18,7 +18,7 @@ import httpx
 
 from bench.measure import Probe, ProbeError, Timing
 from bench.programs import EXPECTED_STDOUT
-from executions import sandbox
+from sandbox import containers, dockerapi
 
 HTTP_TIMEOUT = 120.0
 
@@ -54,11 +54,11 @@ def host_process(argv: list[str]) -> Iterator[Probe]:
 def exec_run(container_id: str, argv: list[str]) -> Iterator[Probe]:
     """The baseline: ``docker exec`` of the program as the code user, nothing else.
 
-    ``sandbox.client()`` is per thread, so each concurrent client here has its
+    ``dockerapi.client()`` is per thread, so each concurrent client here has its
     own connection to the engine, as the worker's threads do.
     """
-    container = sandbox.client().containers.get(container_id)
-    user = f"{container.labels[sandbox.LABEL_UID]}:{container.labels[sandbox.LABEL_UID]}"
+    container = dockerapi.client().containers.get(container_id)
+    user = f"{container.labels[containers.LABEL_UID]}:{container.labels[containers.LABEL_UID]}"
 
     def probe() -> Timing:
         start = time.perf_counter()
@@ -203,18 +203,18 @@ def baseline_container(*, runtime: str, host_label: str) -> Iterator[str]:
     ``mode="exec"`` gives the container a sleeping keep-alive process as its
     main process, so every run is a bare ``docker exec``. It is removed on exit.
     """
-    from executions.worker import default_limits
+    from django.conf import settings
 
-    config = sandbox.hardened_config(
+    config = containers.hardened_config(
         runtime=runtime,
-        limits=default_limits(),
-        labels={sandbox.LABEL_HOST: host_label, sandbox.LABEL_RUNTIME: runtime},
+        limits=settings.SANDBOX.default_limits,
+        labels={containers.LABEL_HOST: host_label, containers.LABEL_RUNTIME: runtime},
         mode="exec",
-        uid=sandbox.uids().allocate(),
+        uid=containers.uids().allocate(),
     )
-    container = sandbox.client().containers.create(**config)
+    container = dockerapi.client().containers.create(**config)
     try:
         container.start()
         yield str(container.id)
     finally:
-        sandbox.remove_container(container.id)
+        containers.remove_container(container.id)

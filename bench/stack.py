@@ -93,6 +93,11 @@ def setup_django(env: BenchEnv) -> None:
 
     os.environ.update(env.overrides)
     django.setup()
+    from django.conf import settings
+
+    from sandbox import config
+
+    config.configure(settings.SANDBOX)
 
 
 def free_port() -> int:
@@ -224,9 +229,9 @@ def pin_images(runtimes: list[str]) -> None:
     right after ``build_images``, they match what was built and what the
     worker starting now uses, even if someone edits images/ during the run.
     """
-    from executions import sandbox
+    from sandbox import images
 
-    missing = sandbox.missing_images(runtimes)
+    missing = images.missing_images(runtimes)
     if missing:
         raise RuntimeError(
             f"sandbox images missing: {', '.join(missing)} (run `python manage.py build_images`)"
@@ -235,11 +240,11 @@ def pin_images(runtimes: list[str]) -> None:
 
 def remove_containers(hosts: list[str]) -> int:
     """Remove every container labelled with one of ``hosts``; how many there were."""
-    from executions import sandbox
+    from sandbox import containers
 
     removed = 0
     for host in hosts:
-        for container in sandbox.list_managed(host=host):
-            sandbox.remove_container(container.id)
+        for container in containers.list_managed(host=host):
+            containers.remove_container(container.id)
             removed += 1
     return removed

@@ -15,10 +15,12 @@ from rest_framework.views import APIView
 
 from executions import events, selectors, services
 from executions.models import FINISHED, Execution, Status
-from executions.packages import check_allowed, validate_packages
-from executions.validation import ExecuteSerializer, build_spec, execute_body, resolve_limits
+from executions.policy import check_installs_allowed, resolve_limits, validate_packages
+from executions.results import history_record
+from executions.serializers import ExecuteSerializer, execute_body
 from isol8_site.errors import not_found, validation_error
 from isol8_site.negotiation import EventStreamNegotiation
+from sandbox.spec import ExecutionSpec
 from sessions_app.services import sessions_stop_idle
 from tenants.authentication import IsMaster, StreamTokenAuthentication, principal_of
 from tenants.tokens import execution_scope, stream_token_mint
@@ -46,10 +48,10 @@ class ExecuteBase(APIView):
         data = serializer.validated_data
         options = data.get("options", {})
         limits = resolve_limits(tenant=principal.tenant, request=data["request"], options=options)
-        spec = build_spec(data["request"], options)
+        spec = ExecutionSpec.from_request(data["request"], options)
         # Package names are checked before anything runs (400), then the policy (403).
         spec.install_packages = validate_packages(runtime=spec.runtime, packages=spec.install_packages)
-        check_allowed(allowed=principal.tenant.allow_installs, packages=spec.install_packages)
+        check_installs_allowed(tenant=principal.tenant, packages=spec.install_packages)
         return services.execution_start(
             tenant=principal.tenant,
             spec=spec,
@@ -64,12 +66,10 @@ class ExecuteApi(ExecuteBase):
 
     def post(self, request: Request) -> HttpResponse:
         execution = self.start(request)
-        status, body = services.execution_wait(execution=execution)
-        # The worker's JSON goes out as it came (no decode and re-encode).
-        response = HttpResponse(body, status=status, content_type="application/json")
-        if status == 503:
-            response["Retry-After"] = "5"
-        return response
+        # The worker's JSON goes out as it came (no decode and re-encode); a
+        # run that ended in a domain error (setup, install, Docker) raises it.
+        body = services.execution_wait(execution=execution)
+        return HttpResponse(body, content_type="application/json")
 
 
 class ExecuteStreamApi(ExecuteBase):
@@ -127,7 +127,7 @@ class ExecutionListApi(APIView):
             params["before"] = str(rows[-1].pk)
             next_url = request.build_absolute_uri(f"{request.path}?{urlencode(params)}")
         return Response(
-            {"results": [services.history_record(e) for e in rows], "next": next_url}
+            {"results": [history_record(e) for e in rows], "next": next_url}
         )
 
 
@@ -148,7 +148,7 @@ class ExecutionDetailApi(APIView):
         execution = selectors.execution_get(tenant=principal.tenant, execution_id=execution_id)
         if execution is None:
             raise not_found("Execution not found")
-        return Response(services.history_record(execution))
+        return Response(history_record(execution))
 
 
 class ExecutionEventsApi(APIView):
@@ -210,7 +210,6 @@ class ExecutionCancelApi(APIView):
         return Response({"ok": True, "status": execution.status, "executionId": str(execution.pk)})
 
 
-
 class CleanupApi(APIView):
     """POST /cleanup (master key): stop idle sessions, remove leaked containers. Never images."""
 
@@ -218,5 +217,5 @@ class CleanupApi(APIView):
 
     def post(self, request: Request) -> Response:
         sessions = sessions_stop_idle()
-        containers = services.cleanup_containers()
+        containers = services.containers_cleanup()
         return Response({"ok": True, "sessions": {"removed": sessions}, "containers": containers})

@@ -48,14 +48,16 @@ from django_eventstream.storage import StorageBase
 from django_eventstream.utils import sse_encode_event
 from django_eventstream.views import Listener, get_listener_manager
 
-from isol8_site.errors import ApiError
+from executions.models import FINISHED, Execution, Status
+from isol8_site.errors import QuotaExceeded
 from isol8_site.redis import get_events_redis
+from isol8_site.wire import EVENTS_NOTIFY_CHANNEL, EVENTS_PREFIX
 
 logger = logging.getLogger(__name__)
 
 EXIT = "exit"
-KEY_PREFIX = "isol8:events:"
-NOTIFY_CHANNEL = "isol8:events:notify"
+KEY_PREFIX = EVENTS_PREFIX
+NOTIFY_CHANNEL = EVENTS_NOTIFY_CHANNEL
 # A list whose run never ended (worker killed) still expires after this long.
 SAFETY_TTL = 2 * 24 * 3600
 READ_BATCH = 500
@@ -64,10 +66,31 @@ READ_RETRY_SECONDS = 1.0
 # How long publishing one event keeps retrying through a Redis outage.
 PUBLISH_RETRY_SECONDS = 30.0
 STREAMS_KEY = "isol8:streams:"
+
+# ---- Every text a stream or a failed execution carries, in one place.
+TIMEOUT_EVENT = "EXECUTION TIMED OUT"
+TIMEOUT_MARKER = "\n--- EXECUTION TIMED OUT ---"  # the end of a timed-out run's stderr in its result
+OOM_EVENT = "OUT OF MEMORY (killed at the memory limit)"
+CANCELLED_EVENT = "EXECUTION CANCELLED"
+SERVICE_FAILED_EVENT = "The service failed to run this execution"
 LIVE_OUTPUT_GONE = (
     "The rest of the live output is no longer available (the event store lost it or it expired); "
     "the whole output is in GET /executions/{execution_id}"
 )
+# Why an execution the service lost ended (its `error`, and its stream's error event).
+WORKER_STOPPED = "The worker running this execution stopped"
+WORKER_SILENT = "The worker running this execution stopped answering"
+WORKER_FAILED = "The worker failed to run this execution; the failure has been logged"
+NEVER_PICKED = "No worker picked this execution up in time"
+QUEUE_UNREACHABLE = "The service's queue was unreachable"
+CANCELLED = "Cancelled"
+SESSION_DELETED = "Cancelled: the session was deleted"
+NO_SANDBOX = "Could not start a sandbox: {reason}"
+NO_SESSION_SANDBOX = "Session sandbox unavailable: {reason}"
+
+
+def setup_failed_event(exit_code: object) -> str:
+    return f"Setup script failed (exit code {exit_code})"
 STREAM_SLOT_SECONDS = 60
 
 
@@ -352,14 +375,11 @@ def history_events(execution: Any) -> list[tuple[str, str]]:
 
 def terminal_events(execution: Any) -> list[tuple[str, str]]:
     """The ``error`` (when there is one) and ``exit`` events of a finished execution."""
-    from executions.models import Status
-    from executions.runner import TIMEOUT_EVENT
-
     items: list[tuple[str, str]] = []
     if execution.timed_out or execution.status == Status.TIMEOUT:
         items.append(("error", TIMEOUT_EVENT))
     elif execution.status == Status.CANCELLED:
-        items.append(("error", "EXECUTION CANCELLED"))
+        items.append(("error", CANCELLED_EVENT))
     elif execution.status != Status.OK:
         items.append(("error", execution.error or execution.status))
     items.append(("exit", str(execution.exit_code if execution.exit_code is not None else 1)))
@@ -372,8 +392,6 @@ def _encoded(channel: str, number: int, kind: str, data: str) -> str:
 
 async def _finished_row(execution_id: object) -> Any:
     """The execution's row when it is finished, else None."""
-    from executions.models import FINISHED, Execution
-
     row = await sync_to_async(
         lambda: Execution.objects.filter(pk=str(execution_id)).first(), thread_sensitive=False
     )()
@@ -570,10 +588,7 @@ class StreamSlot:
             STREAM_SLOT, 1, self.key, time.time(), self.member, -1 if cap is None else cap, STREAM_SLOT_SECONDS
         )
         if not taken:
-            raise ApiError(
-                429, "quota_exceeded", f"Quota exceeded: at most {cap} open streams per tenant",
-                headers={"Retry-After": "5"},
-            )
+            raise QuotaExceeded(f"Quota exceeded: at most {cap} open streams per tenant", retry_after=5)
 
     async def refresh(self) -> None:
         try:

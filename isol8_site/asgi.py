@@ -77,9 +77,11 @@ def get_application() -> Callable[[Scope, Receive, Send], Awaitable[None]]:
     import django
 
     django.setup(set_prefix=False)
+    # Imported once the apps are loaded (the models need them).
     from isol8_site.bodyguard import BodyGuard
+    from tenants.authentication import authenticate_scope
 
-    http = BodyGuard(OneHopASGIHandler())
+    http = BodyGuard(OneHopASGIHandler(), authenticate=authenticate_scope)
 
     async def application(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":

@@ -27,13 +27,16 @@ from typing import Any
 from asgiref.sync import sync_to_async
 from django.conf import settings
 
-from isol8_site.errors import ApiError, error_body
+from isol8_site.errors import DomainError, error_body, http_headers, http_status
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Mapping[str, Any]], Awaitable[None]]
 App = Callable[[Scope, Receive, Send], Awaitable[None]]
+# Authenticates a request from its scope's headers, before its body is read,
+# and leaves the principal in the scope for DRF; raises a DomainError.
+Authenticate = Callable[[Scope], None]
 
 # Routes that need no API key: the browser-facing admin (its own session and
 # CSRF checks) and static files; everything else is the API.
@@ -71,8 +74,11 @@ class BodyTooLargeError(Exception):
 
 
 class BodyGuard:
-    def __init__(self, app: App) -> None:
+    """``app`` behind the body limits; ``authenticate`` (tenants/authentication.py) is given by asgi.py."""
+
+    def __init__(self, app: App, *, authenticate: Authenticate) -> None:
         self.app = app
+        self.authenticate = authenticate
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
@@ -109,17 +115,11 @@ class BodyGuard:
 
     async def _authenticate(self, scope: Scope, send: Send) -> bool:
         """Authenticate a request before its body is read; answer and say False when it fails."""
-        from tenants.authentication import PRINCIPAL_SCOPE_KEY, authenticate_key, parse_authorization
-
-        client = scope.get("client")
-        address = client[0] if client else None
-        key = parse_authorization(_header(scope, b"authorization") or "")
         try:
-            principal = await sync_to_async(authenticate_key, thread_sensitive=True)(key, client=address)
-        except ApiError as exc:
-            await answer(send, exc.status_code, error_body(exc.code, exc.message), exc.headers)
+            await sync_to_async(self.authenticate, thread_sensitive=True)(scope)
+        except DomainError as exc:
+            await answer(send, http_status(exc.code), error_body(exc.code, exc.message), http_headers(exc))
             return False
-        scope[PRINCIPAL_SCOPE_KEY] = principal
         return True
 
     async def _read(self, receive: Receive, limit: int) -> bytes | None:

@@ -16,11 +16,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sandbox.config import PrebuiltImage
+from sandbox.runtimes import PREBUILT_RUNTIMES
+from sandbox.spec import NETWORK_MODES
+
 SIZE_RE = re.compile(r"^(\d+(?:\.\d+)?)([kmg]?)b?$", re.IGNORECASE)
 SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
 # No container size anywhere is near this; above it a number is a mistake (or an attack).
 MAX_SIZE = 2**50
-NETWORK_MODES = ("none", "host", "filtered")
 
 
 class ConfigError(ValueError):
@@ -62,16 +65,6 @@ class Defaults:
 class Cleanup:
     auto_prune: bool = True
     max_container_age_ms: int = 3_600_000
-
-
-@dataclass(frozen=True)
-class PrebuiltImage:
-    """isol8's prebuiltImages entry: a runtime with packages baked in at build time."""
-
-    tag: str
-    runtime: str
-    packages: tuple[str, ...]
-    setup_script: str = ""
 
 
 @dataclass(frozen=True)
@@ -170,7 +163,6 @@ def parse_config(raw: object, *, source: str) -> ServerConfig:
 
 
 TAG_RE = re.compile(r"^[a-z0-9][a-z0-9._/-]*(:[A-Za-z0-9._-]+)?$")
-PREBUILT_RUNTIMES = ("python", "node")
 
 
 def _prebuilt(raw: object) -> tuple[PrebuiltImage, ...]:

@@ -1,7 +1,10 @@
-"""The one error shape of the API: {"error": "<sentence>", "code": "<machine_code>"}.
+"""Errors: the service's domain errors, and the one place that turns them (and DRF's) into HTTP.
 
-Views and services raise ApiError (or DRF's own exceptions, which the handler
-below translates); nothing answers with an HTML page or a bare-text 500.
+Services, selectors and authentication raise the domain errors below: what
+went wrong, in a sentence a person can act on, and a machine code. They know
+nothing of HTTP. Only this module maps codes to status codes and headers,
+and every answer has the one shape ``{"error": "<sentence>", "code": "<code>"}``
+(optionally ``details``): never an HTML page, a bare-text 500 or a repr.
 """
 
 from __future__ import annotations
@@ -20,36 +23,142 @@ from rest_framework.response import Response
 logger = logging.getLogger(__name__)
 
 
-class ApiError(exceptions.APIException):
-    """An error with its HTTP status, machine code and human message."""
+class DomainError(Exception):
+    """A request the service's rules refuse; ``code`` says which rule, the message what to do."""
+
+    code = "error"
 
     def __init__(
-        self,
-        status_code: int,
-        code: str,
-        message: str,
-        *,
-        details: Any = None,
-        headers: dict[str, str] | None = None,
+        self, message: str, *, code: str | None = None, details: Any = None, retry_after: float | None = None
     ) -> None:
-        super().__init__(detail=message, code=code)
-        self.status_code = status_code
-        self.code = code
+        super().__init__(message)
         self.message = message
+        if code is not None:
+            self.code = code
         self.details = details
-        self.headers = headers or {}
+        self.retry_after = retry_after
 
 
-def validation_error(message: str, *, code: str = "validation_error", details: Any = None) -> ApiError:
-    return ApiError(400, code, message, details=details)
+class ValidationFailed(DomainError):
+    """The request is malformed (codes: validation_error, unsupported_runtime, path_outside_sandbox, ...)."""
+
+    code = "validation_error"
 
 
-def not_found(what: str = "Not found") -> ApiError:
-    return ApiError(404, "not_found", what)
+class Unauthorized(DomainError):
+    code = "unauthorized"
 
 
-def unauthorized(message: str) -> ApiError:
-    return ApiError(401, "unauthorized", message, headers={"WWW-Authenticate": "Bearer"})
+class Forbidden(DomainError):
+    code = "forbidden"
+
+
+class PolicyDenied(DomainError):
+    """The tenant's policy does not allow what the request asks for."""
+
+    code = "policy_denied"
+
+
+class NotFound(DomainError):
+    code = "not_found"
+
+
+class SessionBusy(DomainError):
+    code = "session_busy"
+
+
+class SessionDead(DomainError):
+    code = "session_dead"
+
+
+class SessionNotStarted(DomainError):
+    code = "session_not_started"
+
+
+class PayloadTooLarge(DomainError):
+    code = "payload_too_large"
+
+
+class SetupFailed(DomainError):
+    code = "setup_failed"
+
+
+class InstallFailed(DomainError):
+    code = "install_failed"
+
+
+class QuotaExceeded(DomainError):
+    code = "quota_exceeded"
+
+
+class RateLimited(DomainError):
+    code = "rate_limited"
+
+
+class Unavailable(DomainError):
+    """No capacity right now (queue full, no worker, Docker or Redis down): nothing ran; try again."""
+
+    code = "unavailable"
+
+    def __init__(self, message: str, *, retry_after: float = 5, **kwargs: Any) -> None:
+        super().__init__(message, retry_after=retry_after, **kwargs)
+
+
+class SandboxFull(DomainError):
+    code = "sandbox_full"
+
+
+STATUS_BY_CODE = {
+    "bad_request": 400,
+    "invalid_json": 400,
+    "validation_error": 400,
+    "unsupported_runtime": 400,
+    "path_outside_sandbox": 400,
+    "unauthorized": 401,
+    "forbidden": 403,
+    "policy_denied": 403,
+    "not_found": 404,
+    "method_not_allowed": 405,
+    "not_acceptable": 406,
+    "request_timeout": 408,
+    "session_busy": 409,
+    "session_dead": 409,
+    "session_not_started": 409,
+    "payload_too_large": 413,
+    "unsupported_media_type": 415,
+    "setup_failed": 422,
+    "install_failed": 422,
+    "quota_exceeded": 429,
+    "rate_limited": 429,
+    "internal_error": 500,
+    "unavailable": 503,
+    "sandbox_full": 507,
+}
+
+
+def http_status(code: str) -> int:
+    return STATUS_BY_CODE.get(code, 500)
+
+
+def http_headers(error: DomainError) -> dict[str, str]:
+    headers = {}
+    if error.retry_after is not None:
+        headers["Retry-After"] = str(max(1, math.ceil(error.retry_after)))
+    if error.code == "unauthorized":
+        headers["WWW-Authenticate"] = "Bearer"
+    return headers
+
+
+def validation_error(message: str, *, code: str = "validation_error", details: Any = None) -> ValidationFailed:
+    return ValidationFailed(message, code=code, details=details)
+
+
+def not_found(what: str = "Not found") -> NotFound:
+    return NotFound(what)
+
+
+def unauthorized(message: str) -> Unauthorized:
+    return Unauthorized(message)
 
 
 def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
@@ -92,9 +201,9 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
     Anything that is not an APIException is a bug: logged, answered as 500
     without its text.
     """
-    if isinstance(exc, ApiError):
+    if isinstance(exc, DomainError):
         return Response(
-            error_body(exc.code, exc.message, exc.details), status=exc.status_code, headers=exc.headers
+            error_body(exc.code, exc.message, exc.details), status=http_status(exc.code), headers=http_headers(exc)
         )
     if isinstance(exc, Http404):
         exc = exceptions.NotFound()

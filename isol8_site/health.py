@@ -6,8 +6,6 @@ whether its engine answers, and a worker whose heartbeat is stale counts as gone
 
 from __future__ import annotations
 
-import json
-import time
 from typing import Any
 
 from django.conf import settings
@@ -16,8 +14,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from executions.worker import heartbeat_key
-from isol8_site.redis import get_redis
+from isol8_site import wire
 
 
 def health_checks() -> dict[str, Any]:
@@ -29,13 +26,12 @@ def health_checks() -> dict[str, Any]:
     except Exception as exc:  # noqa: BLE001 - reported in the health answer
         checks["database"] = f"error: {exc.__class__.__name__}"
     try:
-        beats = get_redis().hgetall(heartbeat_key())
+        beats = wire.worker_beats()
         checks["redis"] = "ok"
     except Exception as exc:  # noqa: BLE001 - reported in the health answer
         checks["redis"] = f"error: {exc.__class__.__name__}"
         beats = {}
-    horizon = 3 * settings.ISOL8_HEARTBEAT_SECONDS
-    alive = [json.loads(v) for v in beats.values() if time.time() - json.loads(v)["at"] < horizon]
+    alive = [beats[host] for host in wire.alive_hosts(beats)]
     checks["workers"] = len(alive) if alive else "error: no worker alive"
     if not alive:
         checks["docker"] = "unknown (no worker alive)"

@@ -1,4 +1,4 @@
-"""The shared Redis client of a process (quota counters, result push, cancels)."""
+"""The Redis clients of a process (main: queue, quotas, answers, cancels; events: stream events), and retries."""
 
 from __future__ import annotations
 
@@ -73,16 +73,6 @@ def pipeline(joined: Any = None) -> Iterator[Any]:
     pipe = get_redis().pipeline(transaction=False)
     yield pipe
     pipe.execute()
-
-
-def push_reply(key: str, value: str | int, *, ttl: int, pipe: Any = None) -> None:
-    """Hand a reply to whoever waits on ``key`` with BLPOP; it expires if nobody does.
-
-    With ``pipe`` the commands join the caller's pipeline, which the caller executes.
-    """
-    with pipeline(pipe) as p:
-        p.rpush(key, value)
-        p.expire(key, ttl)
 
 
 def retrying(operation: Callable[[], T], *, what: str, seconds: float = RETRY_SECONDS) -> T:

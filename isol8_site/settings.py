@@ -16,6 +16,9 @@ from pathlib import Path
 import dj_database_url
 
 from isol8_site.config import ConfigError, load_config
+from sandbox.config import SandboxConfig
+from sandbox.runtimes import RUNTIME_NAMES
+from sandbox.spec import Limits
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -93,6 +96,7 @@ INSTALLED_APPS = [
     "tenants",
     "executions",
     "sessions_app",
+    "worker",
 ]
 
 # Body limits are enforced before Django reads a body (isol8_site/bodyguard.py).
@@ -255,14 +259,20 @@ ISOL8_IMAGE_PREFIX = env("ISOL8_IMAGE_PREFIX", "isol8-sandbox")
 ISOL8_EXTRA_CA_DIR = env("ISOL8_EXTRA_CA_DIR", "/usr/local/share/ca-certificates")
 ISOL8_IMAGES_DIR = BASE_DIR / "images"
 # Runtimes this server runs (each needs its image; see build_images).
-ISOL8_RUNTIMES = [r for r in env("ISOL8_RUNTIMES", "python,node,bash,bun,deno").split(",") if r]
+ISOL8_RUNTIMES = [r for r in env("ISOL8_RUNTIMES", ",".join(RUNTIME_NAMES)).split(",") if r]
+if unknown := sorted(set(ISOL8_RUNTIMES) - set(RUNTIME_NAMES)):
+    sys.exit(f"ISOL8_RUNTIMES: unknown runtime(s) {', '.join(unknown)}; expected some of {', '.join(RUNTIME_NAMES)}")
 # "launcher" runs code through the in-container launcher over the attached
 # stdin/stdout; "exec" does one `docker exec` per run (the fallback path).
 ISOL8_SANDBOX_MODE = env("ISOL8_SANDBOX_MODE", "launcher")
+if ISOL8_SANDBOX_MODE not in ("launcher", "exec"):
+    sys.exit(f"ISOL8_SANDBOX_MODE: expected launcher or exec, got {ISOL8_SANDBOX_MODE!r}")
 # Python runs are forked from a python3 fork server the launcher keeps in each
 # python sandbox, saving CPython's start-up per run; 0 starts python3 for every
-# run. (The name is from when it was a pre-started interpreter, a "zygote".)
-ISOL8_PYTHON_ZYGOTE = env_bool("ISOL8_PYTHON_ZYGOTE", True)
+# run. ISOL8_PYTHON_ZYGOTE is its old name, still read when the new one is unset.
+ISOL8_PYTHON_FORK_SERVER = env_bool(
+    "ISOL8_PYTHON_FORK_SERVER", env_bool("ISOL8_PYTHON_ZYGOTE", True)
+)
 # Warm containers kept started per runtime; isol8.config.json's poolSize wins.
 ISOL8_POOL_SIZE = env_int("ISOL8_POOL_SIZE", ISOL8_CONFIG.pool_size)
 # Used containers kept (reset) for reuse by the same tenant, per tenant and
@@ -369,6 +379,46 @@ ISOL8_STREAM_TOKEN_TTL = env_int("ISOL8_STREAM_TOKEN_TTL", 300)
 # Seconds between the last-used stamps written for an API key: a write per
 # request would put a database write on every hot path.
 ISOL8_KEY_LAST_USED_RESOLUTION = env_int("ISOL8_KEY_LAST_USED_RESOLUTION", 60)
+
+# The engine's configuration (sandbox/config.py): built here, handed to the
+# engine by the worker and the image commands (sandbox.config.configure).
+SANDBOX = SandboxConfig(
+    host=ISOL8_WORKER_HOST,
+    mode=ISOL8_SANDBOX_MODE,
+    runtimes=tuple(ISOL8_RUNTIMES),
+    default_limits=Limits(
+        timeout_ms=ISOL8_DEFAULTS.timeout_ms,
+        memory=ISOL8_DEFAULTS.memory_limit,
+        cpu=ISOL8_DEFAULTS.cpu_limit,
+        pids=ISOL8_DEFAULTS.pids_limit,
+        max_output=ISOL8_DEFAULTS.max_output_size,
+        sandbox_size=ISOL8_DEFAULTS.sandbox_size,
+        tmp_size=ISOL8_DEFAULTS.tmp_size,
+        network=ISOL8_DEFAULTS.network,
+    ),
+    images_dir=ISOL8_IMAGES_DIR,
+    base_image=ISOL8_BASE_IMAGE,
+    image_prefix=ISOL8_IMAGE_PREFIX,
+    debian_mirror=ISOL8_DEBIAN_MIRROR,
+    extra_ca_dir=Path(ISOL8_EXTRA_CA_DIR),
+    python_fork_server=ISOL8_PYTHON_FORK_SERVER,
+    inodes=ISOL8_INODES,
+    nofile=ISOL8_NOFILE,
+    fsize=ISOL8_FSIZE,
+    shm_size=ISOL8_SHM_SIZE,
+    msgqueue=ISOL8_MSGQUEUE,
+    uid_base=ISOL8_SANDBOX_UID_BASE,
+    uid_count=ISOL8_SANDBOX_UID_COUNT,
+    file_max_bytes=ISOL8_FILE_MAX_BYTES,
+    output_files_max=ISOL8_OUTPUT_FILES_MAX,
+    pool_size=ISOL8_POOL_SIZE,
+    idle_per_tenant=ISOL8_TENANT_IDLE_MAX,
+    idle_seconds=ISOL8_TENANT_IDLE_SECONDS,
+    package_cache=ISOL8_PACKAGE_CACHE,
+    install_timeout_ms=ISOL8_INSTALL_TIMEOUT_MS,
+    egress_allow=tuple(ISOL8_EGRESS_ALLOW),
+    prebuilt_images=ISOL8_CONFIG.prebuilt_images,
+)
 
 LOGGING = {
     "version": 1,

@@ -4,12 +4,21 @@
 #   - dockerd and two redis-servers (main and events), started in the background when not answering
 #   - a Python venv in .venv with the pinned requirements (+ dev ones with --dev)
 #   - the database schema and the sandbox images (rebuilt only when changed)
-# Used by `make run`, `make test` and .ci/run.
+# Used by `make run`, `make test`, `make test-fast` and .ci/run.
+#   --dev        also the test and lint dependencies (and Chromium for the browser tests)
+#   --no-docker  only what the fast test layers need: Redis and the venv (no Docker, no images)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 DEV=0
-[ "${1:-}" = "--dev" ] && DEV=1
+DOCKER=1
+for arg in "$@"; do
+  case $arg in
+    --dev) DEV=1 ;;
+    --no-docker) DOCKER=0 ;;
+    *) echo "usage: $0 [--dev] [--no-docker]" >&2; exit 2 ;;
+  esac
+done
 LOG_DIR="$ROOT/var/log"
 mkdir -p -m 700 "$ROOT/var"
 mkdir -p "$LOG_DIR"
@@ -21,12 +30,14 @@ as_root() {
 }
 
 missing=()
-command -v dockerd >/dev/null || missing+=(docker.io)
 command -v redis-server >/dev/null || missing+=(redis-server)
-command -v debootstrap >/dev/null || missing+=(debootstrap)
 python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
-# The browser tests drive the distribution's Chromium (Playwright never downloads one).
-[ $DEV = 1 ] && ! command -v chromium >/dev/null && missing+=(chromium)
+if [ $DOCKER = 1 ]; then
+  command -v dockerd >/dev/null || missing+=(docker.io)
+  command -v debootstrap >/dev/null || missing+=(debootstrap)
+  # The browser tests drive the distribution's Chromium (Playwright never downloads one).
+  [ $DEV = 1 ] && ! command -v chromium >/dev/null && missing+=(chromium)
+fi
 if [ ${#missing[@]} -gt 0 ]; then
   say "installing ${missing[*]}"
   as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
@@ -34,7 +45,7 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 # /usr/bin/docker is Debian's client; a newer one earlier on PATH works too.
-if ! docker info >/dev/null 2>&1; then
+if [ $DOCKER = 1 ] && ! docker info >/dev/null 2>&1; then
   say "starting dockerd (log: var/log/dockerd.log)"
   as_root sh -c "setsid nohup dockerd >'$LOG_DIR/dockerd.log' 2>&1 &"
   for _ in $(seq 1 60); do docker info >/dev/null 2>&1 && break; sleep 0.5; done
@@ -102,6 +113,7 @@ if [ ! -f "$STAMP" ]; then
   touch "$STAMP"
 fi
 
+[ $DOCKER = 1 ] || exit 0
 say "migrating the database"
 .venv/bin/python manage.py migrate --noinput -v 0
 say "collecting static files (admin styles)"

@@ -10,10 +10,10 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from executions.validation import SESSION_ID, StrictSerializer, Text, check_sandbox_path
-from isol8_site.errors import ApiError, validation_error
+from isol8_site.errors import PayloadTooLarge, validation_error
+from isol8_site.serializers import StrictSerializer, Text, check_sandbox_path
 from sessions_app import selectors, services
-from sessions_app.models import Session
+from sessions_app.models import SESSION_ID, Session
 from tenants.authentication import principal_of
 
 
@@ -58,11 +58,6 @@ def _session_id(value: object) -> str:
     return value
 
 
-def _reply(reply: services.FileReply) -> Response:
-    headers = {"Retry-After": "5"} if reply.status == 503 else None
-    return Response(reply.body, status=reply.status, headers=headers)
-
-
 class FileApi(APIView):
     """POST /file (upload, base64) and GET /file (download) in a session's /sandbox."""
 
@@ -85,14 +80,10 @@ class FileApi(APIView):
         except (binascii.Error, ValueError) as exc:
             raise validation_error("content: not valid base64") from exc
         if len(content) > settings.ISOL8_FILE_MAX_BYTES:
-            raise ApiError(
-                413, "payload_too_large", f"File is larger than {settings.ISOL8_FILE_MAX_BYTES} bytes"
-            )
+            raise PayloadTooLarge(f"File is larger than {settings.ISOL8_FILE_MAX_BYTES} bytes")
         op = {"op": "put_file", "path": path, "content": data["content"]}
-        reply = services.file_operation(tenant=principal.tenant, session_id=session_id, op=op)
-        if reply.status == 200:
-            return Response({"ok": True})
-        return _reply(reply)
+        services.file_operation(tenant=principal.tenant, session_id=session_id, op=op)
+        return Response({"ok": True})
 
     def get(self, request: Request) -> Response:
         principal = principal_of(request)
@@ -103,7 +94,5 @@ class FileApi(APIView):
         session_id = _session_id(session_id)
         path = check_sandbox_path(raw_path, allow_tmp=False)
         op = {"op": "get_file", "path": path, "maxBytes": settings.ISOL8_FILE_MAX_BYTES}
-        reply = services.file_operation(tenant=principal.tenant, session_id=session_id, op=op)
-        if reply.status == 200:
-            return Response({"content": reply.body["content"]})
-        return _reply(reply)
+        data = services.file_operation(tenant=principal.tenant, session_id=session_id, op=op)
+        return Response({"content": data["content"]})

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import re
+
 from django.db import models
 
 from tenants.models import Tenant
+
+# A client's sessionId (api.md).
+SESSION_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 
 
 class SessionState(models.TextChoices):
@@ -12,6 +17,19 @@ class SessionState(models.TextChoices):
     ACTIVE = "active"
     DEAD = "dead"  # the container is gone or broken; the next call says so
     STOPPED = "stopped"  # deleted by the client, pruned, or terminated in the admin
+
+
+LIVE_STATES = (SessionState.STARTING, SessionState.ACTIVE)
+
+
+class SessionQuerySet(models.QuerySet["Session"]):
+    def live(self) -> SessionQuerySet:
+        """Sessions that hold (or are making) a container: the one definition of "live"."""
+        return self.filter(state__in=LIVE_STATES)
+
+    def visible(self) -> SessionQuerySet:
+        """Sessions a client still sees (live, or dead until deleted)."""
+        return self.filter(state__in=(*LIVE_STATES, SessionState.DEAD))
 
 
 class Session(models.Model):
@@ -30,6 +48,8 @@ class Session(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     last_used_at = models.DateTimeField(auto_now_add=True)
 
+    objects = SessionQuerySet.as_manager()
+
     class Meta:
         ordering = ["-last_used_at"]
         constraints = [
@@ -46,4 +66,4 @@ class Session(models.Model):
 
     @property
     def is_live(self) -> bool:
-        return self.state in (SessionState.STARTING, SessionState.ACTIVE)
+        return self.state in LIVE_STATES

@@ -8,10 +8,8 @@ however it ends (the worker, the reaper, or the web view on an early error).
 
 from __future__ import annotations
 
-import json
 import logging
 import uuid
-from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -19,24 +17,28 @@ from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
-from executions import quotas
-from executions.quotas import quota_exceeded
-from executions.spec import Limits
-from isol8_site.celery import host_queue
-from isol8_site.errors import ApiError, not_found, validation_error
-from isol8_site.redis import get_redis, push_reply
-from sessions_app.models import Session, SessionState
+from isol8_site import dispatch, wire
+from isol8_site.errors import (
+    DomainError,
+    QuotaExceeded,
+    SessionBusy,
+    SessionDead,
+    SessionNotStarted,
+    not_found,
+    validation_error,
+)
+from isol8_site.redis import get_redis
+from sandbox.spec import Limits
+from sessions_app.models import LIVE_STATES, Session, SessionState
 from sessions_app.selectors import live_session_count, live_session_limits, session_get
+from tenants import quotas
 from tenants.models import Tenant
 
 logger = logging.getLogger(__name__)
 
-FILE_REPLY_KEY = "isol8:file:"
-LIVE = (SessionState.STARTING, SessionState.ACTIVE)
 
-
-def session_busy() -> ApiError:
-    return ApiError(409, "session_busy", "This session is running another execution; try again when it ends")
+def session_busy() -> SessionBusy:
+    return SessionBusy("This session is running another execution; try again when it ends")
 
 
 def session_claim_for_execution(
@@ -51,11 +53,9 @@ def session_claim_for_execution(
     if session is None:
         session = _session_create(tenant=tenant, session_id=session_id, runtime=runtime, limits=limits)
     if session.state == SessionState.DEAD:
-        raise ApiError(
-            409,
-            "session_dead",
+        raise SessionDead(
             f"Session {session_id!r} is no longer usable ({session.state_reason or 'its sandbox is gone'}); "
-            "delete it (DELETE /session/{id}) and start a new one",
+            "delete it (DELETE /session/{id}) and start a new one"
         )
     if session.runtime != runtime:
         raise validation_error(
@@ -73,11 +73,9 @@ def session_claim_for_files(*, tenant: Tenant, session_id: str) -> tuple[Session
     if session is None:
         raise not_found("Session not found")
     if session.state == SessionState.DEAD:
-        raise ApiError(409, "session_dead", f"Session {session_id!r} is no longer usable: {session.state_reason}")
+        raise SessionDead(f"Session {session_id!r} is no longer usable: {session.state_reason}")
     if not session.container_id:
-        raise ApiError(
-            409, "session_not_started", "This session has no sandbox yet: run an execution in it first"
-        )
+        raise SessionNotStarted("This session has no sandbox yet: run an execution in it first")
     op_id = uuid.uuid4()
     _claim(session, op_id)
     return session, op_id
@@ -101,7 +99,7 @@ def _claim_idle(*, tenant: Tenant, session_id: str, runtime: str, owner: uuid.UU
             f"UPDATE {fields.db_table} SET busy_execution = %s, last_used_at = %s "
             "WHERE tenant_id = %s AND session_id = %s AND runtime = %s AND busy_execution IS NULL "
             "AND state IN (%s, %s) RETURNING id, worker_host, container_id, state",
-            [busy, now, tenant.pk, session_id, runtime, SessionState.STARTING, SessionState.ACTIVE],
+            [busy, now, tenant.pk, session_id, runtime, *LIVE_STATES],
         )
         row = cursor.fetchone()
     if row is None:
@@ -114,8 +112,8 @@ def _claim_idle(*, tenant: Tenant, session_id: str, runtime: str, owner: uuid.UU
 
 
 def _claim(session: Session, owner: uuid.UUID) -> None:
-    claimed = Session.objects.filter(
-        pk=session.pk, busy_execution__isnull=True, state__in=LIVE
+    claimed = Session.objects.live().filter(
+        pk=session.pk, busy_execution__isnull=True
     ).update(busy_execution=owner, last_used_at=timezone.now())
     if not claimed:
         session.refresh_from_db()
@@ -127,8 +125,8 @@ def _claim(session: Session, owner: uuid.UUID) -> None:
 
 def _session_create(*, tenant: Tenant, session_id: str, runtime: str, limits: Limits) -> Session:
     if tenant.max_sessions is not None and live_session_count(tenant=tenant) >= tenant.max_sessions:
-        raise quota_exceeded(
-            f"Quota exceeded: at most {tenant.max_sessions} live sessions; delete one first", 30
+        raise QuotaExceeded(
+            f"Quota exceeded: at most {tenant.max_sessions} live sessions; delete one first", retry_after=30
         )
     _check_session_resources(tenant=tenant, limits=limits)
     try:
@@ -153,14 +151,14 @@ def _check_session_resources(*, tenant: Tenant, limits: Limits) -> None:
         memory += float(held.get("memory", 0))
         cpus += float(held.get("cpu", 0))
     if tenant.max_session_memory is not None and memory > tenant.max_session_memory:
-        raise quota_exceeded(
+        raise QuotaExceeded(
             f"Quota exceeded: this tenant's live sessions may hold {tenant.max_session_memory} bytes of memory "
-            "together; delete a session or ask for less memoryLimit", 30,
+            "together; delete a session or ask for less memoryLimit", retry_after=30,
         )
     if tenant.max_session_cpus is not None and cpus > tenant.max_session_cpus:
-        raise quota_exceeded(
+        raise QuotaExceeded(
             f"Quota exceeded: this tenant's live sessions may hold {tenant.max_session_cpus:g} CPUs together; "
-            "delete a session or ask for a lower cpuLimit", 30,
+            "delete a session or ask for a lower cpuLimit", retry_after=30,
         )
 
 
@@ -188,15 +186,13 @@ def session_attach_container(*, session_pk: int, container_id: str) -> bool:
 
 
 def session_mark_dead(*, session_pk: int, reason: str) -> None:
-    Session.objects.filter(pk=session_pk, state__in=LIVE).update(
+    Session.objects.live().filter(pk=session_pk).update(
         state=SessionState.DEAD, state_reason=reason[:500]
     )
 
 
 def session_stop(*, session: Session, reason: str = "deleted") -> None:
     """Stop a session now; its worker removes the container (DELETE, prune, admin)."""
-    from sessions_app.tasks import stop_session_container
-
     updated = Session.objects.filter(pk=session.pk).exclude(state=SessionState.STOPPED).update(
         state=SessionState.STOPPED, state_reason=reason
     )
@@ -204,18 +200,20 @@ def session_stop(*, session: Session, reason: str = "deleted") -> None:
         return
     if session.busy_execution:
         # A run in progress is cancelled first, so its client gets an answer.
-        from executions.services import CANCEL_CHANNEL
-
-        get_redis().publish(CANCEL_CHANNEL, str(session.busy_execution))
+        get_redis().publish(wire.CANCEL_CHANNEL, str(session.busy_execution))
     if session.container_id and session.worker_host:
-        stop_session_container.apply_async(
-            args=(session.pk, session.container_id,), queue=host_queue(session.worker_host)
-        )
+        _stop_container(session)
+
+
+def _stop_container(session: Session) -> None:
+    """Ask the session's worker to remove its container."""
+    queue = dispatch.host_queue(session.worker_host)
+    dispatch.send(dispatch.STOP_SESSION_CONTAINER, session.pk, session.container_id, queue=queue)
 
 
 def sessions_stop_idle(*, tenant: Tenant | None = None) -> int:
     """POST /cleanup: stop every session that is not running something right now."""
-    idle = Session.objects.filter(state__in=(*LIVE, SessionState.DEAD), busy_execution__isnull=True)
+    idle = Session.objects.visible().filter(busy_execution__isnull=True)
     if tenant is not None:
         idle = idle.filter(tenant=tenant)
     stopped = 0
@@ -233,18 +231,14 @@ def sessions_prune(*, now: Any = None) -> int:
     now = now or timezone.now()
     cutoff = now - timedelta(milliseconds=config.max_container_age_ms)
     pruned = 0
-    idle = Session.objects.filter(state__in=LIVE, busy_execution__isnull=True, last_used_at__lt=cutoff)
+    idle = Session.objects.live().filter(busy_execution__isnull=True, last_used_at__lt=cutoff)
     for session in idle:
         # Re-check idleness in the update itself: a run may have claimed it since.
-        stopped = Session.objects.filter(
-            pk=session.pk, busy_execution__isnull=True, last_used_at__lt=cutoff, state__in=LIVE
+        stopped = Session.objects.live().filter(
+            pk=session.pk, busy_execution__isnull=True, last_used_at__lt=cutoff
         ).update(state=SessionState.STOPPED, state_reason="pruned: idle")
         if stopped and session.container_id and session.worker_host:
-            from sessions_app.tasks import stop_session_container
-
-            stop_session_container.apply_async(
-                args=(session.pk, session.container_id,), queue=host_queue(session.worker_host)
-            )
+            _stop_container(session)
         pruned += stopped
     return pruned
 
@@ -252,18 +246,13 @@ def sessions_prune(*, now: Any = None) -> int:
 # ------------------------------------------------------------- file transfer
 
 
-@dataclass(frozen=True)
-class FileReply:
-    status: int
-    body: dict[str, Any]
-
-
-def file_operation(*, tenant: Tenant, session_id: str, op: dict[str, Any]) -> FileReply:
+def file_operation(*, tenant: Tenant, session_id: str, op: dict[str, Any]) -> dict[str, Any]:
     """One file operation in the caller's session, counted against the tenant's quotas like a run.
 
-    It claims the session (409 while a run or another file operation has it)
-    and a concurrency slot and rate token (429 when used up), so file
-    operations cannot crowd runs out of the worker's threads.
+    It claims the session (SessionBusy while a run or another file operation
+    has it) and a concurrency slot and rate token (QuotaExceeded when used
+    up), so file operations cannot crowd runs out of the worker's threads.
+    Returns the operation's data; a refusal is the domain error its worker named.
     """
     session, op_id = session_claim_for_files(tenant=tenant, session_id=session_id)
     try:
@@ -276,24 +265,20 @@ def file_operation(*, tenant: Tenant, session_id: str, op: dict[str, Any]) -> Fi
         session_release(session_pk=session.pk, owner=op_id)
         raise
     try:
-        return file_request(session=session, op_id=op_id, op=op)
+        answer = _file_request(session=session, op_id=op_id, op=op)
     finally:
         quotas.release(tenant_slug=tenant.slug, execution_id=str(op_id))
+    if answer.data is None:
+        raise DomainError(answer.message, code=answer.error_code)
+    return answer.data
 
 
-def file_request(*, session: Session, op_id: uuid.UUID, op: dict[str, Any]) -> FileReply:
+def _file_request(*, session: Session, op_id: uuid.UUID, op: dict[str, Any]) -> wire.FileAnswer:
     """Run a file operation on the session's worker and wait for its answer."""
-    from sessions_app.tasks import session_file_op
-
-    session_file_op.apply_async(args=(session.pk, str(op_id), op,), queue=host_queue(session.worker_host))
+    dispatch.send(dispatch.SESSION_FILE_OP, session.pk, str(op_id), op, queue=dispatch.host_queue(session.worker_host))
     wait = settings.ISOL8_QUEUE_TIMEOUT + settings.ISOL8_FILE_OP_TIMEOUT + 10
-    popped = get_redis().blpop([FILE_REPLY_KEY + str(op_id)], timeout=wait)
+    popped = get_redis().blpop([wire.file_answer_key(op_id)], timeout=wait)
     if popped is None:
         session_release(session_pk=session.pk, owner=op_id)
-        return FileReply(503, {"error": "The session's worker did not answer; try again later", "code": "unavailable"})
-    data = json.loads(popped[1])
-    return FileReply(int(data["status"]), data["body"])
-
-
-def file_reply_push(*, op_id: str, status: int, body: dict[str, Any]) -> None:
-    push_reply(FILE_REPLY_KEY + op_id, json.dumps({"status": status, "body": body}), ttl=120)
+        return wire.FileAnswer(error_code="unavailable", message="The session's worker did not answer; try again later")
+    return wire.FileAnswer.decode(popped[1])

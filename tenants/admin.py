@@ -10,6 +10,7 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from tenants.models import ApiKey, Tenant
+from tenants.quotas import tenant_usage
 from tenants.services import apikey_create, apikey_revoke
 
 
@@ -54,9 +55,6 @@ class TenantAdmin(admin.ModelAdmin):
     def usage(self, obj: Tenant) -> str:
         if obj.pk is None:
             return "-"
-        # Imported here: the quota module reads Redis and is not needed to import admin.
-        from executions.quotas import tenant_usage
-
         try:
             usage = tenant_usage(tenant=obj)
         except Exception as exc:  # noqa: BLE001 - the page must render when Redis is down
@@ -64,7 +62,8 @@ class TenantAdmin(admin.ModelAdmin):
         return (
             f"{usage.running}/{_cap(obj.max_concurrent)} running, "
             f"{usage.last_minute}/{_cap(obj.max_per_minute)} this minute, "
-            f"{usage.sessions}/{_cap(obj.max_sessions)} sessions, "
+            # The reverse relation's manager is sessions_app's, with its one definition of live.
+            f"{obj.sessions.live().count()}/{_cap(obj.max_sessions)} sessions, "
             f"{usage.month_seconds:.0f}s this month"
             + (f" of {obj.monthly_seconds}s" if obj.monthly_seconds is not None else "")
         )

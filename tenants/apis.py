@@ -17,8 +17,8 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from executions.validation import Integer, StrictSerializer, Text
 from isol8_site.errors import not_found, validation_error
+from isol8_site.serializers import Integer, StrictSerializer, Text
 from tenants.authentication import IsMaster
 from tenants.models import ApiKey, Tenant
 from tenants.selectors import apikey_get, apikey_list, tenant_get

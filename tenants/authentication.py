@@ -17,7 +17,7 @@ from rest_framework.authentication import BaseAuthentication
 from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
 
-from isol8_site.errors import ApiError, unauthorized
+from isol8_site.errors import Forbidden, Unauthorized, unauthorized
 from tenants import throttle
 from tenants.models import ApiKey, Tenant
 from tenants.services import apikey_touch, key_digest, tenant_ensure_default
@@ -61,8 +61,8 @@ def authenticate_key(key: str, *, client: str | None = None) -> Principal:
     throttle.check(client)
     try:
         return _authenticate(key)
-    except ApiError as exc:
-        if exc.status_code == 401 and key:
+    except Unauthorized:
+        if key:
             throttle.failed(client)
         raise
 
@@ -87,9 +87,20 @@ def _authenticate(key: str) -> Principal:
     ):
         raise unauthorized("Invalid API key")
     if not api_key.tenant.is_active:
-        raise ApiError(403, "forbidden", "Tenant is disabled")
+        raise Forbidden("Tenant is disabled")
     apikey_touch(api_key=api_key)
     return Principal(tenant=api_key.tenant, api_key=api_key, is_master=False)
+
+
+def authenticate_scope(scope: dict[str, Any]) -> None:
+    """Authenticate an ASGI request from its headers, before its body is read (isol8_site/bodyguard.py).
+
+    The principal is left in the scope, where DRF's authentication finds it,
+    so a key is looked up once per request.
+    """
+    header = next((bytes(v).decode("latin-1") for k, v in scope.get("headers", []) if k == b"authorization"), "")
+    client = scope.get("client")
+    scope[PRINCIPAL_SCOPE_KEY] = authenticate_key(parse_authorization(header), client=client[0] if client else None)
 
 
 def principal_of(request: Request) -> Principal:
@@ -145,5 +156,5 @@ class IsMaster(BasePermission):
 
     def has_permission(self, request: Request, view: Any) -> bool:
         if not isinstance(request.user, Principal) or not request.user.is_master:
-            raise ApiError(403, "forbidden", "This route needs the master key")
+            raise Forbidden("This route needs the master key")
         return True

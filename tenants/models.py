@@ -8,12 +8,11 @@ from django.conf import settings
 from django.core.validators import MinValueValidator, RegexValidator
 from django.db import models
 
-RUNTIMES = ("python", "node", "bash", "bun", "deno")
-NETWORK_MODES = ("none", "filtered", "host")
+from sandbox.runtimes import RUNTIME_NAMES
 
 
 def default_runtimes() -> list[str]:
-    return list(RUNTIMES)
+    return list(RUNTIME_NAMES)
 
 
 def default_networks() -> list[str]:

@@ -20,7 +20,7 @@ import time
 import redis
 from django.conf import settings
 
-from isol8_site.errors import ApiError
+from isol8_site.errors import RateLimited
 from isol8_site.redis import get_redis
 
 logger = logging.getLogger(__name__)
@@ -30,12 +30,9 @@ _blocked: dict[str, float] = {}  # address -> monotonic time the block ends
 _lock = threading.Lock()
 
 
-def _refusal(seconds: float) -> ApiError:
+def _refusal(seconds: float) -> RateLimited:
     wait = max(1, int(seconds) + 1)
-    return ApiError(
-        429, "rate_limited", f"Too many failed authentications from this address; try again in {wait} s",
-        headers={"Retry-After": str(wait)},
-    )
+    return RateLimited(f"Too many failed authentications from this address; try again in {wait} s", retry_after=wait)
 
 
 def check(address: str | None) -> None:

@@ -51,6 +51,14 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.django_db(transaction=True, available_apps=apps))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _sandbox_configured() -> None:
+    """The engine configured as the worker configures it (tests inspect and clean up containers)."""
+    from sandbox import config
+
+    config.configure(settings.SANDBOX)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -128,9 +136,9 @@ class Stack:
 
 @pytest.fixture(scope="session", params=MODES)
 def stack(request: pytest.FixtureRequest, django_db_setup: Any, django_db_blocker: Any) -> Iterator[Stack]:
-    from executions import sandbox
+    from sandbox import containers, images
 
-    missing = sandbox.missing_images(settings.ISOL8_RUNTIMES)
+    missing = images.missing_images(settings.SANDBOX.runtimes)
     if missing:
         pytest.fail(f"sandbox images missing: {missing}; run `python manage.py build_images`")
     mode = request.param
@@ -166,9 +174,9 @@ def stack(request: pytest.FixtureRequest, django_db_setup: Any, django_db_blocke
     finally:
         for name in list(stack.procs):
             stack.stop(name)
-    leftovers = sandbox.list_managed(host=env["ISOL8_WORKER_HOST"])
+    leftovers = containers.list_managed(host=env["ISOL8_WORKER_HOST"])
     for container in leftovers:
-        sandbox.remove_container(container.id)
+        containers.remove_container(container.id)
     assert not leftovers, f"containers left behind by the {mode} stack: {leftovers}"
 
 

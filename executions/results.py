@@ -1,0 +1,73 @@
+"""What a finished execution looks like to a client: isol8's result object and the history record."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from django.utils import timezone
+
+from executions.events import TIMEOUT_MARKER
+from executions.models import FINISHED, Execution, Status
+from sandbox.spec import truncation_marker
+
+
+def result_payload(execution: Execution) -> dict[str, Any]:
+    """The isol8 ExecutionResult (plus ``status`` and ``timedOut``) of a finished row."""
+    limits = execution.limits or {}
+    max_output = int(limits.get("max_output", 0))
+    stdout = execution.stdout
+    stderr = execution.stderr
+    if execution.stdout_truncated:
+        stdout += truncation_marker(execution.stdout_bytes, max_output)
+    if execution.stderr_truncated:
+        stderr += truncation_marker(execution.stderr_bytes, max_output)
+    if execution.timed_out:
+        stderr += TIMEOUT_MARKER
+    finished = execution.finished_at or timezone.now()
+    payload: dict[str, Any] = {
+        "stdout": stdout.rstrip(),
+        "stderr": stderr.rstrip(),
+        "exitCode": execution.exit_code if execution.exit_code is not None else 1,
+        "durationMs": execution.duration_ms or 0,
+        "truncated": execution.truncated,
+        "executionId": str(execution.pk),
+        "runtime": execution.runtime,
+        "timestamp": _iso(finished),
+        "status": execution.status,
+        "timedOut": execution.timed_out,
+    }
+    if execution.request.get("outputPaths"):
+        payload["files"] = execution.files or {}
+    if execution.status == Status.ERROR and execution.error:
+        payload["error"] = execution.error
+    return payload
+
+
+def result_json(execution: Execution) -> bytes:
+    """The result object's JSON, as a waiting client receives it."""
+    return json.dumps(result_payload(execution), separators=(",", ":")).encode()
+
+
+def history_record(execution: Execution) -> dict[str, Any]:
+    """An execution as GET /executions shows it: the result plus request facts."""
+    record: dict[str, Any] = result_payload(execution) if execution.status in FINISHED else {
+        "executionId": str(execution.pk),
+        "runtime": execution.runtime,
+        "status": execution.status,
+    }
+    session = execution.session
+    record.update(
+        {
+            "code": execution.code or execution.cmd,
+            "sessionId": session.session_id if session is not None else None,
+            "createdAt": _iso(execution.created_at),
+            "startedAt": _iso(execution.started_at),
+            "finishedAt": _iso(execution.finished_at),
+        }
+    )
+    return record
+
+
+def _iso(value: Any) -> str | None:
+    return value.isoformat().replace("+00:00", "Z") if value else None

@@ -1,0 +1,187 @@
+"""The execute request's serializers: isol8's ExecutionRequest, Isol8Options and the body around them.
+
+They check shape, types and ranges (400, naming the field); what a tenant may
+ask for is executions/policy.py's business.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+from typing import Any
+
+from django.conf import settings
+from rest_framework import serializers
+
+from isol8_site.config import ConfigError, parse_size
+from isol8_site.errors import PolicyDenied, ValidationFailed, validation_error
+from isol8_site.serializers import Boolean, Integer, Number, StrictSerializer, Text, check_sandbox_path
+from sandbox.spec import NETWORK_MODES
+from sessions_app.models import SESSION_ID
+
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+EXTENSION = re.compile(r"^\.[A-Za-z0-9]{1,16}$")
+MAX_FILES = 100
+MAX_INT = 2**31 - 1
+
+
+class RequestSerializer(StrictSerializer):
+    """isol8's ExecutionRequest."""
+
+    runtime = Text()
+    code = Text(required=False, allow_blank=True, trim_whitespace=False)
+    cmd = Text(required=False, allow_blank=True, trim_whitespace=False)
+    codeUrl = Text(required=False, allow_blank=True)
+    codeHash = Text(required=False, allow_blank=True)
+    allowInsecureCodeUrl = Boolean(required=False)
+    stdin = Text(required=False, allow_blank=True, trim_whitespace=False)
+    env = serializers.DictField(
+        child=Text(allow_blank=True, trim_whitespace=False), required=False
+    )
+    files = serializers.DictField(
+        child=Text(allow_blank=True, trim_whitespace=False), required=False
+    )
+    outputPaths = serializers.ListField(
+        child=Text(), required=False, max_length=MAX_FILES
+    )
+    timeoutMs = Integer(required=False, min_value=1, max_value=MAX_INT)
+    fileExtension = Text(required=False)
+    workdir = Text(required=False)
+    setupScript = Text(required=False, allow_blank=True, trim_whitespace=False)
+    installPackages = serializers.ListField(child=Text(), required=False)
+    metadata = serializers.DictField(child=Text(allow_blank=True), required=False)
+
+    def validate_runtime(self, value: str) -> str:
+        if value not in settings.ISOL8_RUNTIMES:
+            raise ValidationFailed(
+                f"Unknown runtime {value!r}. Available: {', '.join(settings.ISOL8_RUNTIMES)}",
+                code="unsupported_runtime",
+            )
+        return value
+
+    def validate_env(self, value: dict[str, str]) -> dict[str, str]:
+        for name in value:
+            if not ENV_NAME.match(name):
+                raise serializers.ValidationError(f"{name!r} is not a valid variable name.")
+        return value
+
+    def validate_files(self, value: dict[str, str]) -> dict[str, str]:
+        if len(value) > MAX_FILES:
+            raise serializers.ValidationError(f"At most {MAX_FILES} files.")
+        return {check_sandbox_path(p, allow_tmp=True): text for p, text in value.items()}
+
+    def validate_outputPaths(self, value: list[str]) -> list[str]:  # noqa: N802 - isol8's name
+        return [check_sandbox_path(p, allow_tmp=True) for p in value]
+
+    def validate_fileExtension(self, value: str) -> str:  # noqa: N802
+        if not EXTENSION.match(value):
+            raise serializers.ValidationError("Must look like \".py\" or \".cjs\".")
+        return value
+
+    def validate_workdir(self, value: str) -> str:
+        full = posixpath.normpath(posixpath.join("/sandbox", value))
+        if full != "/sandbox" and not full.startswith("/sandbox/"):
+            raise validation_error("Working directory must be inside /sandbox", code="path_outside_sandbox")
+        return full
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        sources = [k for k in ("code", "cmd", "codeUrl") if attrs.get(k, "").strip()]
+        if len(sources) > 1:
+            raise validation_error(
+                "request: code, codeUrl and cmd are mutually exclusive; provide exactly one"
+            )
+        if not sources:
+            raise validation_error("request: must include exactly one of code or cmd (not blank)")
+        if sources == ["codeUrl"]:
+            raise PolicyDenied("Remote code fetching is disabled on this server; send the code itself",
+            )
+        return attrs
+
+
+class OptionsSerializer(StrictSerializer):
+    """The subset of isol8's Isol8Options a client may set."""
+
+    # Options isol8 clients send on every request, accepted and checked below
+    # or ignored because the server decides them.
+    known_extra = (
+        "mode", "persist", "debug", "logNetwork", "networkFilter", "remoteCode", "poolStrategy",
+        "poolSize", "readonlyRootFs", "security", "image", "audit",
+    )
+
+    timeoutMs = Integer(required=False, min_value=1, max_value=MAX_INT)
+    memoryLimit = serializers.JSONField(required=False)
+    cpuLimit = Number(required=False, min_value=0.01, max_value=64)
+    pidsLimit = Integer(required=False, min_value=8, max_value=65536)
+    maxOutputSize = Integer(required=False, min_value=1, max_value=MAX_INT)
+    sandboxSize = serializers.JSONField(required=False)
+    tmpSize = serializers.JSONField(required=False)
+    secrets = serializers.DictField(
+        child=Text(allow_blank=True, trim_whitespace=False), required=False
+    )
+    network = serializers.ChoiceField(choices=NETWORK_MODES, required=False)
+
+    def validate_secrets(self, value: dict[str, str]) -> dict[str, str]:
+        # Bounded so that masking every output chunk stays cheap (executions/runner.py Masker).
+        if len(value) > settings.ISOL8_MAX_SECRETS:
+            raise serializers.ValidationError(f"At most {settings.ISOL8_MAX_SECRETS} secrets.")
+        for name, secret in value.items():
+            if not ENV_NAME.match(name):
+                raise serializers.ValidationError(f"{name!r} is not a valid variable name.")
+            if len(secret.encode()) > settings.ISOL8_MAX_SECRET_BYTES:
+                raise serializers.ValidationError(
+                    f"{name}: a secret is at most {settings.ISOL8_MAX_SECRET_BYTES} bytes."
+                )
+        return value
+
+    def _size(self, value: Any, name: str) -> int:
+        try:
+            return parse_size(value, name=f"options.{name}")
+        except ConfigError as exc:
+            raise validation_error(str(exc)) from exc
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        for name in ("memoryLimit", "sandboxSize", "tmpSize"):
+            if name in attrs:
+                attrs[name] = self._size(attrs[name], name)
+        data = self.raw
+        if data.get("readonlyRootFs") is False:
+            raise PolicyDenied("options.readonlyRootFs: the root filesystem is always read-only")
+        security = data.get("security")
+        if isinstance(security, dict) and security.get("seccomp", "strict") != "strict":
+            raise PolicyDenied("options.security.seccomp: only \"strict\" is allowed")
+        if data.get("image"):
+            raise PolicyDenied("options.image: custom images are not allowed")
+        return attrs
+
+
+def execute_body(data: Any) -> dict[str, Any]:
+    """The body in its ``{"request": {...}, "options", "sessionId"}`` form.
+
+    isol8's documented curl sends the request fields at the top level
+    (``{"code": ..., "runtime": ...}``); that is accepted as shorthand. Both
+    forms in one body are ambiguous and refused.
+    """
+    if not isinstance(data, dict):
+        raise validation_error("The body must be a JSON object")
+    top = [name for name in data if name in RequestSerializer._declared_fields]
+    if not top:
+        return data
+    if "request" in data:
+        raise validation_error(
+            f"Send the request fields inside \"request\" or at the top level, not both "
+            f"(found {top[0]!r} at the top level)"
+        )
+    body = {name: value for name, value in data.items() if name not in top}
+    body["request"] = {name: data[name] for name in top}
+    return body
+
+
+class ExecuteSerializer(StrictSerializer):
+    request = RequestSerializer()
+    options = OptionsSerializer(required=False)
+    sessionId = Text(required=False)
+
+    def validate_sessionId(self, value: str) -> str:  # noqa: N802
+        if not SESSION_ID.match(value):
+            raise serializers.ValidationError("Must be 1-128 characters of A-Z a-z 0-9 . _ -")
+        return value

@@ -1,0 +1,87 @@
+"""The launcher's modes: ``serve``, ``once`` and ``keepalive`` (see the package's docstring)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from typing import NoReturn
+
+from isol8_launcher.ops import Launcher
+from isol8_launcher.procs import CodeUser
+from isol8_launcher.protocol import OpError, read_request
+
+IDENTITY_DIR = "/run/isol8"  # a tmpfs; /etc/passwd and /etc/group are symlinks into it
+
+
+def write_identity(uid: int, gid: int, *, etc: str = "/etc", identity_dir: str = IDENTITY_DIR) -> None:
+    """Name this sandbox's code uid ``sandbox`` in /etc/passwd and /etc/group.
+
+    Each sandbox has a host uid of its own, which no image can know in
+    advance; programs that look their user up (whoami, git, ssh, npm) find it.
+    """
+    for name, line in (
+        ("passwd", f"sandbox:x:{uid}:{gid}:isol8 sandbox:/sandbox:/bin/bash\n"),
+        ("group", f"sandbox:x:{gid}:\n"),
+    ):
+        with open(f"{etc}/{name}.base") as fh:
+            base = [entry for entry in fh.read().splitlines(keepends=True) if not entry.startswith("sandbox:")]
+        path = f"{identity_dir}/{name}"
+        with open(path + ".new", "w") as fh:
+            fh.write("".join(base) + line)
+        os.chmod(path + ".new", 0o644)
+        os.replace(path + ".new", path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv if argv is None else argv
+    mode = args[1] if len(args) > 1 else "serve"
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    user = CodeUser.from_args(args[2:])
+    if mode == "once":
+        req = read_request(0)
+        if req is not None:
+            Launcher(user).handle(req)
+        return 0
+    if mode == "keepalive":
+        keepalive(user)
+    if mode != "serve":
+        print(f"unknown mode {mode}", file=sys.stderr)
+        return 2
+    return serve(user)
+
+
+def keepalive(user: CodeUser) -> NoReturn:
+    """The exec fallback's main process (no capability, not the code user).
+
+    It names the code user, then waits to be stopped.
+    """
+    write_identity(user.uid, user.gid)
+    while True:
+        signal.pause()
+
+
+def serve(user: CodeUser) -> int:
+    """The container's main process: requests from stdin, frames to stdout, until stdin ends."""
+    if user.is_current() or os.getuid() != 0:
+        print("serve mode runs as root with --uid naming the code user", file=sys.stderr)
+        return 2
+    # Root's supplementary groups would grant group access while acting as the code user.
+    os.setgroups([])
+    os.umask(0o022)
+    write_identity(user.uid, user.gid)
+    launcher = Launcher(user)
+    while True:
+        try:
+            req = launcher.next_request()
+        except (OpError, ValueError) as exc:
+            # A malformed request means the stream is out of sync: stop, and
+            # let the worker replace this container.
+            print(f"isol8 launcher: bad request: {exc}", file=sys.stderr)
+            return 3
+        if req is None:
+            return 0
+        launcher.handle(req)
+        # After the answer went out (the first time, or when it died): start
+        # the python fork server while the worker has nothing to ask.
+        launcher.ensure_forkserver()

@@ -1,0 +1,142 @@
+"""Every Redis key and message that the web and the workers share, in one place.
+
+The web and a worker never call each other: a run is a Celery message
+(isol8_site/dispatch.py), and everything coming back travels through the keys
+below, in the formats defined here. Keys of one cluster (one run queue) are
+kept apart from another's that shares the Redis.
+
+* results of runs answered whole: a list per execution, pushed once, popped
+  by the waiting ``POST /execute`` (``ResultMessage``);
+* secrets of an execution, kept out of the database until its worker reads them;
+* cancels: a pub/sub channel carrying execution ids;
+* answers to session file operations: a list per operation (``FileAnswer``);
+* answers to ``POST /cleanup``: a list per request, one count per worker;
+* worker heartbeats: one hash per cluster, a JSON beat per worker host;
+* tenants' quota counters (tenants/quotas.py) and stream events
+  (executions/events.py, on the events Redis) use the prefixes named here.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from django.conf import settings
+
+from isol8_site.redis import get_redis, pipeline
+
+RESULT_TTL = 300
+SECRETS_PREFIX = "isol8:secrets:"
+RESULT_PREFIX = "isol8:result:"
+FILE_ANSWER_PREFIX = "isol8:file:"
+CLEANUP_PREFIX = "isol8:cleanup:"
+CANCEL_CHANNEL = "isol8:cancel"
+QUOTA_PREFIX = "isol8:q:"
+EVENTS_PREFIX = "isol8:events:"
+EVENTS_NOTIFY_CHANNEL = "isol8:events:notify"
+
+
+def result_key(execution_id: object) -> str:
+    return f"{RESULT_PREFIX}{execution_id}"
+
+
+def secrets_key(execution_id: object) -> str:
+    return f"{SECRETS_PREFIX}{execution_id}"
+
+
+def file_answer_key(op_id: object) -> str:
+    return f"{FILE_ANSWER_PREFIX}{op_id}"
+
+
+def cleanup_key(request_id: object) -> str:
+    return f"{CLEANUP_PREFIX}{request_id}"
+
+
+def heartbeat_key() -> str:
+    """The heartbeats of the workers serving one run queue (one isol8 cluster)."""
+    return f"isol8:workers:{settings.ISOL8_RUN_QUEUE}"
+
+
+# ----------------------------------------------------------------- messages
+
+
+@dataclass(frozen=True)
+class ResultMessage:
+    """A worker's answer to a waiting ``POST /execute``: a result, or a domain error.
+
+    It travels as ``"result <result JSON>"`` or ``"error <code> <message>"``.
+    The result JSON is passed on to the client as it is (no decode and
+    re-encode on the hot path); an error's code is mapped to HTTP by
+    isol8_site/errors.py like any other domain error.
+    """
+
+    result: bytes | None = None  # the result object's JSON
+    error_code: str = ""
+    message: str = ""
+
+    def encode(self) -> str:
+        if self.result is not None:
+            return "result " + self.result.decode()
+        return f"error {self.error_code} {self.message}"
+
+    @staticmethod
+    def decode(raw: bytes | str) -> ResultMessage:
+        data = raw.encode() if isinstance(raw, str) else raw
+        kind, _, rest = data.partition(b" ")
+        if kind == b"result":
+            return ResultMessage(result=rest)
+        code, _, message = rest.partition(b" ")
+        return ResultMessage(error_code=code.decode(), message=message.decode())
+
+
+@dataclass(frozen=True)
+class FileAnswer:
+    """A worker's answer to a session file operation: its data, or a domain error's code and message."""
+
+    data: dict[str, Any] | None = None
+    error_code: str = ""
+    message: str = ""
+
+    def encode(self) -> str:
+        return json.dumps({"data": self.data, "code": self.error_code, "message": self.message})
+
+    @staticmethod
+    def decode(raw: bytes | str) -> FileAnswer:
+        obj = json.loads(raw)
+        return FileAnswer(data=obj["data"], error_code=obj["code"], message=obj["message"])
+
+
+def push(key: str, value: str | int, *, ttl: int, pipe: Any = None) -> None:
+    """Hand an answer to whoever waits on ``key`` with BLPOP; it expires if nobody does.
+
+    With ``pipe`` the commands join the caller's pipeline, which the caller executes.
+    """
+    with pipeline(pipe) as p:
+        p.rpush(key, value)
+        p.expire(key, ttl)
+
+
+# --------------------------------------------------------------- heartbeats
+
+
+def worker_beats() -> dict[str, dict[str, Any]]:
+    """Each worker host's last heartbeat (``at``: unix time, ``docker``: its engine answers, pool stats)."""
+    raw = get_redis().hgetall(heartbeat_key())
+    return {(k.decode() if isinstance(k, bytes) else k): json.loads(v) for k, v in raw.items()}
+
+
+def beat(host: str, facts: dict[str, Any]) -> None:
+    get_redis().hset(heartbeat_key(), host, json.dumps({"at": time.time(), **facts}))
+
+
+def forget(host: str) -> None:
+    get_redis().hdel(heartbeat_key(), host)
+
+
+def alive_hosts(beats: dict[str, dict[str, Any]] | None = None) -> set[str]:
+    """Worker hosts whose heartbeat is fresh (3 missed beats = gone)."""
+    horizon = 3 * settings.ISOL8_HEARTBEAT_SECONDS
+    now = time.time()
+    return {host for host, b in (worker_beats() if beats is None else beats).items() if now - b["at"] < horizon}

@@ -1,0 +1,174 @@
+"""The worker process's life: start, heartbeat, housekeeping, cancels, orphans, stop.
+
+Celery runs one worker process per host with a thread pool (``-P threads``),
+so that all runs of the host share one pool of warm sandboxes and the attached
+launcher connections that live in this process. ``start()`` runs when the
+worker is ready and ``stop()`` when it shuts down (signal handlers in
+worker/tasks.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+import time
+
+from django.conf import settings
+from django.db import connections
+
+from executions import events, services
+from executions.models import Execution, Status
+from isol8_site import wire
+from isol8_site.redis import get_redis
+from sandbox import config as sandbox_config
+from sandbox import containers
+from sandbox.containers import LABEL_ROLE
+from sandbox.egress import PROXY_ROLE
+from sandbox.pool import SandboxPool
+from sandbox.run import prepare_sandbox
+from worker.runs import Runner
+from worker.sessions import SessionBoxes
+
+logger = logging.getLogger(__name__)
+
+
+class Worker:
+    def __init__(self) -> None:
+        cfg = settings.SANDBOX
+        self.host = cfg.host
+        self.pool = SandboxPool(
+            runtimes=cfg.runtimes,
+            default_limits=cfg.default_limits,
+            size=cfg.pool_size,
+            idle_per_tenant=cfg.idle_per_tenant,
+            idle_seconds=cfg.idle_seconds,
+            prepare=prepare_sandbox,
+        )
+        self.sessions = SessionBoxes(host=self.host)
+        self.runner = Runner(pool=self.pool, sessions=self.sessions)
+        self.stopping = threading.Event()
+
+    # ------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        # Worker threads live long: let each keep its database connection
+        # instead of opening one per run (the web's per-request threads cannot).
+        connections["default"].settings_dict["CONN_MAX_AGE"] = settings.ISOL8_WORKER_DB_CONN_MAX_AGE
+        # Runs block on sockets and wake up often; with CPython's default 5 ms
+        # switch interval a waking run thread can wait that long for the GIL
+        # behind the pool's housekeeping threads.
+        sys.setswitchinterval(settings.ISOL8_WORKER_SWITCH_INTERVAL)
+        # Whatever this host was running before it (re)started is lost.
+        lost = Execution.objects.filter(status=Status.RUNNING, worker_host=self.host)
+        for exec_id in lost.values_list("pk", flat=True):
+            services.execution_fail(execution_id=str(exec_id), reason=events.WORKER_STOPPED)
+        containers.uids().check_host_accounts()
+        remove_orphans(keep=self.sessions.container_ids(mark_missing_dead=True))
+        containers.sync_uids()
+        self.heartbeat()
+        self.pool.start()
+        loops = ((self._heartbeat_loop, "heartbeat"), (self._housekeeping_loop, "housekeeping"),
+                 (self._cancel_loop, "cancels"))
+        for target, name in loops:
+            threading.Thread(target=target, name=f"isol8-{name}", daemon=True).start()
+        logger.info("isol8 worker %s ready (%s mode)", self.host, settings.SANDBOX.mode)
+
+    def cancel_all(self) -> None:
+        self.stopping.set()
+        self.runner.cancel_all()
+
+    def stop(self) -> None:
+        """Shut down: runs cancelled, pool emptied. Session containers stay, so a
+        restarted worker picks its sessions up again (``serve`` removes them when
+        the whole service stops)."""
+        self.cancel_all()
+        self.pool.close()
+        wire.forget(self.host)
+        remove_orphans(keep=self.sessions.container_ids(), proxies=True)
+
+    def heartbeat(self) -> None:
+        wire.beat(self.host, {"docker": containers.docker_ping(), **self.pool.stats()})
+
+    def owned_container_ids(self) -> set[str]:
+        return self.runner.busy_container_ids() | self.pool.owned_container_ids() | self.sessions.container_ids()
+
+    def remove_orphans_now(self) -> int:
+        """POST /cleanup: this host's leaked containers (young ones may be starting a run: spared)."""
+        return remove_orphans(keep=self.owned_container_ids(), min_age=settings.ISOL8_ORPHAN_MIN_AGE)
+
+    # ---------------------------------------------------------------- loops
+
+    def _heartbeat_loop(self) -> None:
+        """Only the heartbeat: nothing slow may delay it, or the reaper takes this worker for dead."""
+        while not self.stopping.wait(settings.ISOL8_HEARTBEAT_SECONDS):
+            try:
+                self.heartbeat()
+            except Exception:
+                logger.exception("heartbeat failed")
+
+    def _housekeeping_loop(self) -> None:
+        """The slow periodic work: orphan sweeps (container removals) and session metering."""
+        last_sweep = last_meter = time.monotonic()
+        while not self.stopping.wait(1.0):
+            try:
+                if time.monotonic() - last_meter >= settings.ISOL8_METER_SECONDS:
+                    last_meter = time.monotonic()
+                    self.sessions.meter()
+                if time.monotonic() - last_sweep >= settings.ISOL8_REAPER_SECONDS:
+                    last_sweep = time.monotonic()
+                    # Containers being created right now are not owned yet:
+                    # only those older than ISOL8_ORPHAN_MIN_AGE count as orphans.
+                    self.remove_orphans_now()
+                    containers.sync_uids()
+            except Exception:
+                logger.exception("housekeeping failed")
+
+    def _cancel_loop(self) -> None:
+        """Kill runs of this worker that a client cancelled (any web process may ask)."""
+        while not self.stopping.is_set():
+            try:
+                pubsub = get_redis().pubsub(ignore_subscribe_messages=True)
+                pubsub.subscribe(wire.CANCEL_CHANNEL)
+                while not self.stopping.is_set():
+                    message = pubsub.get_message(timeout=1.0)
+                    if message and message["type"] == "message":
+                        data = message["data"]
+                        self.runner.cancel(data.decode() if isinstance(data, bytes) else data)
+            except Exception:
+                logger.exception("cancel listener failed; reconnecting")
+                time.sleep(1.0)
+
+
+def remove_orphans(*, keep: set[str], min_age: float = 0.0, proxies: bool = False) -> int:
+    """Remove this host's containers that no live run, pool or session owns; how many went."""
+    removed = 0
+    try:
+        managed = containers.list_managed(host=settings.SANDBOX.host)
+    except Exception as exc:  # noqa: BLE001 - Docker down: nothing to remove now
+        logger.warning("cannot list containers: %s", exc)
+        return 0
+    for container in managed:
+        if container.id in keep or time.time() - container.created < min_age:
+            continue
+        if container.labels.get(LABEL_ROLE) == PROXY_ROLE and not proxies:
+            continue  # this host's shared egress proxy: removed only when the worker stops
+        containers.remove_container(container.id)
+        removed += 1
+    if removed:
+        logger.info("removed %d orphaned sandbox container(s)", removed)
+    return removed
+
+
+_worker: Worker | None = None
+_worker_lock = threading.Lock()
+
+
+def get_worker() -> Worker:
+    """This process's Worker; the first call hands the engine its configuration."""
+    global _worker
+    with _worker_lock:
+        if _worker is None:
+            sandbox_config.configure(settings.SANDBOX)
+            _worker = Worker()
+        return _worker
