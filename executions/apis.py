@@ -18,6 +18,7 @@ from executions.models import FINISHED, Execution, Status
 from executions.policy import check_installs_allowed, resolve_limits, validate_packages
 from executions.results import history_record
 from executions.serializers import ExecuteSerializer, execute_body
+from isol8_site.config import shown
 from isol8_site.errors import not_found, validation_error
 from isol8_site.negotiation import EventStreamNegotiation
 from sandbox.spec import ExecutionSpec
@@ -134,9 +135,12 @@ class ExecutionListApi(APIView):
 def _parse_time(value: str | None, name: str) -> Any:
     if not value:
         return None
-    parsed = parse_datetime(value)
+    try:
+        parsed = parse_datetime(value)
+    except ValueError:  # well formed but not a real date (month 13)
+        parsed = None
     if parsed is None:
-        raise validation_error(f"{name}: not an ISO-8601 date-time: {value!r}")
+        raise validation_error(f"{name}: not an ISO-8601 date-time: {shown(value)}")
     return parsed
 
 

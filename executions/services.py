@@ -23,7 +23,7 @@ from django.utils import timezone
 from executions import events
 from executions.models import FINISHED, Execution, Status
 from executions.results import result_json
-from isol8_site import dispatch, wire
+from isol8_site import dispatch, errors, wire
 from isol8_site.errors import DomainError, InstallFailed, SetupFailed, Unavailable
 from isol8_site.redis import get_redis, retrying
 from sandbox.spec import ExecutionSpec, Limits, RunResult
@@ -163,7 +163,7 @@ def _answer(raw: bytes) -> bytes:
     message = wire.ResultMessage.decode(raw)
     if message.result is not None:
         return message.result
-    raise DomainError(message.message, code=message.error_code)
+    raise errors.rebuilt(message.error_code, message.message)
 
 
 def execution_cancel(*, execution: Execution) -> Execution:

@@ -30,22 +30,31 @@ class ConfigError(ValueError):
     """The config file is unusable; the message names the offending key."""
 
 
+def shown(value: object, limit: int = 40) -> str:
+    """A client's value quoted in an error message, as JSON (never a Python repr), cut to ``limit``."""
+    try:
+        text = json.dumps(value, ensure_ascii=False, default=str)
+    except ValueError:
+        text = json.dumps(str(value))
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def parse_size(value: object, *, name: str) -> int:
     """Parse a Docker-style size ("512m", "1g", "65536") into bytes."""
     if isinstance(value, bool):
-        raise ConfigError(f"{name}: expected a size like \"512m\", got {value!r}")
+        raise ConfigError(f"{name}: expected a size like \"512m\", got {shown(value)}")
     if isinstance(value, int):
         if not 0 < value <= MAX_SIZE:
-            raise ConfigError(f"{name}: must be between 1 and {MAX_SIZE} bytes, got {str(value)[:40]}")
+            raise ConfigError(f"{name}: must be between 1 and {MAX_SIZE} bytes, got {shown(value)}")
         return value
     if not isinstance(value, str):
-        raise ConfigError(f"{name}: expected a size like \"512m\", got {value!r}")
+        raise ConfigError(f"{name}: expected a size like \"512m\", got {shown(value)}")
     match = SIZE_RE.match(value) if len(value) <= 40 else None
     if not match:
-        raise ConfigError(f"{name}: expected a size like \"512m\", got {value[:40]!r}")
+        raise ConfigError(f"{name}: expected a size like \"512m\", got {shown(value)}")
     number = float(match.group(1)) * SIZE_UNITS[match.group(2).lower()]
     if not 1 <= number <= MAX_SIZE:
-        raise ConfigError(f"{name}: must be between 1 and {MAX_SIZE} bytes, got {value!r}")
+        raise ConfigError(f"{name}: must be between 1 and {MAX_SIZE} bytes, got {shown(value)}")
     return int(number)
 
 
@@ -82,7 +91,7 @@ def _int(obj: dict[str, Any], key: str, name: str, *, minimum: int, maximum: int
         return None
     value = obj[key]
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"{name}: expected an integer, got {value!r}")
+        raise ConfigError(f"{name}: expected an integer, got {shown(value)}")
     if not minimum <= value <= maximum:
         raise ConfigError(f"{name}: must be between {minimum} and {maximum}, got {value}")
     return value
@@ -120,11 +129,11 @@ def parse_config(raw: object, *, source: str) -> ServerConfig:
     if "cpuLimit" in d:
         value = d["cpuLimit"]
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.01 <= value <= 64:
-            raise ConfigError(f"defaults.cpuLimit: expected a number between 0.01 and 64, got {value!r}")
+            raise ConfigError(f"defaults.cpuLimit: expected a number between 0.01 and 64, got {shown(value)}")
         cpu = float(value)
     network = d.get("network", base.network)
     if network not in NETWORK_MODES:
-        raise ConfigError(f"defaults.network: expected one of {', '.join(NETWORK_MODES)}, got {network!r}")
+        raise ConfigError(f"defaults.network: expected one of {', '.join(NETWORK_MODES)}, got {shown(network)}")
     defaults = Defaults(
         timeout_ms=timeout or base.timeout_ms,
         memory_limit=parse_size(d["memoryLimit"], name="defaults.memoryLimit")
@@ -148,7 +157,7 @@ def parse_config(raw: object, *, source: str) -> ServerConfig:
     c = _check_keys(top.get("cleanup", {}), {"autoPrune", "maxContainerAgeMs"}, "cleanup")
     auto_prune = c.get("autoPrune", True)
     if not isinstance(auto_prune, bool):
-        raise ConfigError(f"cleanup.autoPrune: expected true or false, got {auto_prune!r}")
+        raise ConfigError(f"cleanup.autoPrune: expected true or false, got {shown(auto_prune)}")
     age = _int(c, "maxContainerAgeMs", "cleanup.maxContainerAgeMs", minimum=1000, maximum=30 * 86_400_000)
     cleanup = Cleanup(auto_prune=auto_prune, max_container_age_ms=age or Cleanup.max_container_age_ms)
 

@@ -108,6 +108,21 @@ class SandboxFull(DomainError):
     code = "sandbox_full"
 
 
+INTERNAL_MESSAGE = "The server failed to handle this request; it has been logged."
+
+
+def rebuilt(code: str, message: str) -> DomainError:
+    """A domain error that crossed Redis as its code and message (a worker's answer).
+
+    A server-side failure keeps only its code: its text may name internals.
+    """
+    if code not in STATUS_BY_CODE or http_status(code) == 500:
+        return DomainError(INTERNAL_MESSAGE, code="internal_error")
+    if code == Unavailable.code:
+        return Unavailable(message)  # keeps its Retry-After
+    return DomainError(message, code=code)
+
+
 STATUS_BY_CODE = {
     "bad_request": 400,
     "invalid_json": 400,
@@ -245,7 +260,7 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
             503, "unavailable", "The service's queue is unreachable right now; try again shortly", {"Retry-After": "5"}
         )
     logger.exception("unhandled error in %s", context.get("view"))
-    return _response(500, "internal_error", "The server failed to handle this request; it has been logged.")
+    return _response(500, "internal_error", INTERNAL_MESSAGE)
 
 
 def json_404(request: HttpRequest, exception: Exception | None = None) -> JsonResponse:
@@ -254,7 +269,7 @@ def json_404(request: HttpRequest, exception: Exception | None = None) -> JsonRe
 
 def json_500(request: HttpRequest) -> JsonResponse:
     return JsonResponse(
-        error_body("internal_error", "The server failed to handle this request; it has been logged."),
+        error_body("internal_error", INTERNAL_MESSAGE),
         status=500,
     )
 

@@ -17,9 +17,8 @@ from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
-from isol8_site import dispatch, wire
+from isol8_site import dispatch, errors, wire
 from isol8_site.errors import (
-    DomainError,
     QuotaExceeded,
     SessionBusy,
     SessionDead,
@@ -269,7 +268,7 @@ def file_operation(*, tenant: Tenant, session_id: str, op: dict[str, Any]) -> di
     finally:
         quotas.release(tenant_slug=tenant.slug, execution_id=str(op_id))
     if answer.data is None:
-        raise DomainError(answer.message, code=answer.error_code)
+        raise errors.rebuilt(answer.error_code, answer.message)
     return answer.data
 
 

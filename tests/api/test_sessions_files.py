@@ -9,12 +9,11 @@ from typing import Any
 import pytest
 
 from isol8_site import dispatch, wire
+from isol8_site.errors import INTERNAL_MESSAGE
 from isol8_site.redis import get_redis
 from sessions_app.models import Session, SessionState
 from tenants import quotas
 from tests.api.conftest import assert_error, assert_nothing_started, make_session
-
-FILE_OP_FAILED = "The file operation failed; it has been logged."  # what the worker says (worker/sessions.py)
 
 
 def upload(api, session_id: Any = "s1", path: Any = "/sandbox/a.txt", content: bytes | str = b"data", **fields: Any):
@@ -285,7 +284,7 @@ def test_download_returns_the_workers_content(api, fake_dispatch, tenant, settin
         ("payload_too_large", "File is larger than 10485760 bytes", 413),
         ("sandbox_full", "The session's /sandbox is full", 507),
         ("session_dead", "The session's sandbox stopped answering; it has been removed", 409),
-        ("internal_error", FILE_OP_FAILED, 500),
+        ("internal_error", INTERNAL_MESSAGE, 500),  # the web never relays a 500's text
     ],
 )
 def test_the_workers_file_errors_map_to_statuses(api, fake_dispatch, tenant, file_call, code, message, status):

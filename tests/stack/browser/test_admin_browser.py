@@ -11,8 +11,8 @@ import pytest
 
 from executions.models import Execution
 from tenants.models import Tenant
-from tests.stack.browser.conftest import assert_styled, screenshot
 from tests.conftest import make_key, one_mode, run
+from tests.stack.browser.conftest import assert_styled, screenshot
 
 pytestmark = [pytest.mark.stack, pytest.mark.browser, one_mode]
 

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from tests.stack.client.conftest import ISOL8, ROOT, cli_env, isol8
 from tests.conftest import Stack, free_port, make_key, wait_healthy
+from tests.stack.client.conftest import ISOL8, ROOT, cli_env, isol8
 
 pytestmark = pytest.mark.stack
 

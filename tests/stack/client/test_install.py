@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.stack.client.conftest import ROOT, cli_env
 from tests.conftest import free_port
+from tests.stack.client.conftest import ROOT, cli_env
 
 pytestmark = [
     pytest.mark.network,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -13,7 +14,7 @@ from sandbox.errors import SandboxError
 from tests.unit.sandbox.conftest import LIMITS
 
 
-def config(mode: str = "launcher", **kwargs: object) -> dict:
+def config(mode: str = "launcher", **kwargs: Any) -> dict:
     return hardened_config(runtime="python", limits=LIMITS, labels={"isol8.tenant": "t1"}, mode=mode, uid=3_000_005,
                            **kwargs)
 

@@ -28,7 +28,7 @@ def pool(engine, monkeypatch):
     monkeypatch.setattr(pool_module, "create_sandbox", create)
     monkeypatch.setattr(Sandbox, "destroy", lambda self: destroyed.append(self.container_id))
     p = SandboxPool(runtimes=["python"], default_limits=LIMITS, size=0, idle_per_tenant=2, idle_seconds=60)
-    p.destroyed = destroyed  # type: ignore[attr-defined]
+    p.destroyed = destroyed
     yield p
     p.close()
 

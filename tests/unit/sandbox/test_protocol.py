@@ -34,7 +34,8 @@ def test_frames_split_anywhere_across_multiplexed_chunks_come_out_whole():
         reader.feed(mux(1, stream[i : i + 3])[:8] + stream[i : i + 3])
     first, second = reader.next_frame(), reader.next_frame()
     assert first is not None and (first.kind, first.payload) == ("o", b"hello")
-    assert second is not None and second.kind == "x" and second.json() == {"exitCode": 0}  # the late cancel ack is skipped
+    # The late cancel ack is skipped.
+    assert second is not None and second.kind == "x" and second.json() == {"exitCode": 0}
     assert reader.next_frame() is None
 
 

@@ -148,7 +148,7 @@ def test_a_launcher_refusal_is_an_error_result(engine):
 
 
 def test_a_broken_stream_is_an_error_and_the_sandbox_is_not_reused(engine):
-    box, result = run([Frame("o", b"partial"), SandboxError("lost the connection to the sandbox")])  # type: ignore[list-item]
+    box, result = run([Frame("o", b"partial"), SandboxError("lost the connection to the sandbox")])
     assert result.status == "error" and "lost the connection" in result.error and result.stdout == "partial"
     assert box.broken
 
