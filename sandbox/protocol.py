@@ -89,7 +89,7 @@ class FrameReader:
             if stream == 1:
                 self.stdout += chunk
             else:
-                logger.warning("launcher %s: %s", self.container_id[:12], chunk.decode(errors="replace"))
+                logger.warning("launcher %s: %s", self.container_id[:12], chunk.decode(errors="replace").rstrip())
 
     def next_frame(self) -> Frame | None:
         """The next complete frame already received, if any (late cancel acknowledgements skipped)."""
