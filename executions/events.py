@@ -398,6 +398,28 @@ async def _finished_row(execution_id: object) -> Any:
     return row if row is not None and row.status in FINISHED else None
 
 
+def _notified(listener: Listener, manager: Any, channel: str, last_id: int) -> tuple[list[Event], bool]:
+    """The events that arrived as notifications since the last look, and whether a nudge came.
+
+    They are used as they are only when complete and in order right after
+    ``last_id``; anything else (empty list) means "read storage": the library
+    drops events past 10 pending per listener. A nudge (an item without an id)
+    says the run ended without (all of) its events reaching Redis.
+    """
+    with manager.lock:
+        listener.aevent.clear()
+        queued = listener.channel_items.pop(channel, [])
+        overflow, listener.overflow = listener.overflow, False
+    nudged = any(not item.id for item in queued)
+    events: list[Event] = []
+    if not overflow:
+        for item in queued:
+            if not item.id or int(item.id) != last_id + len(events) + 1:
+                return [], nudged
+            events.append(item)
+    return events, nudged
+
+
 async def stream_events(
     execution_id: object, *, after: int = 0, fresh: bool = False, on_tick: Callable[[], Any] | None = None
 ) -> AsyncIterator[str]:
@@ -425,22 +447,9 @@ async def stream_events(
     try:
         yield ": stream-open\n\n"
         while True:
-            with manager.lock:
-                listener.aevent.clear()
-                queued = listener.channel_items.pop(channel, [])
-                overflow, listener.overflow = listener.overflow, False
-            # Events that arrived as notifications, complete and in order right
-            # after last_id, are used as they are; anything else means "read
-            # storage" (the library drops events past 10 pending per listener).
-            events: list[Event] = []
-            if any(not item.id for item in queued):
-                checked_history = False  # a nudge: the run ended without (all of) its events in Redis
-            if not overflow:
-                for item in queued:
-                    if not item.id or int(item.id) != last_id + len(events) + 1:
-                        events = []
-                        break
-                    events.append(item)
+            events, nudged = _notified(listener, manager, channel, last_id)
+            if nudged:
+                checked_history = False  # the run ended without (all of) its events in Redis
             if not events:
                 try:
                     raw = await client.lrange(_key(channel), last_id, last_id + READ_BATCH - 1)
@@ -473,10 +482,7 @@ async def stream_events(
                 checked_history = True
                 row = await _finished_row(execution_id)
                 if row is not None:
-                    try:
-                        ending = await _ending(client, channel, row, last_id)
-                    except (redis.RedisError, OSError):
-                        ending = _numbered(channel, last_id, terminal_events(row))
+                    ending = await _ending(client, channel, row, last_id)
                     if ending is None:
                         continue  # its events reached Redis meanwhile: read them
                     for text in ending:
@@ -498,6 +504,14 @@ def _numbered(channel: str, last_id: int, items: list[tuple[str, str]]) -> list[
 
 
 async def _ending(client: redis.asyncio.Redis, channel: str, row: Any, last_id: int) -> list[str] | None:
+    """See _stored_ending; with Redis unreachable, how the run ended from the history, numbered on."""
+    try:
+        return await _stored_ending(client, channel, row, last_id)
+    except (redis.RedisError, OSError):
+        return _numbered(channel, last_id, terminal_events(row))
+
+
+async def _stored_ending(client: redis.asyncio.Redis, channel: str, row: Any, last_id: int) -> list[str] | None:
     """What a finished run's stream still sends when Redis had nothing after ``last_id``.
 
     None: events after ``last_id`` are there now (they arrived while the row

@@ -14,7 +14,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.realpath(__file__)))
 
-from isol8_launcher.main import main  # noqa: E402 - needs the path above
+from isol8_launcher.main import main
 
 if __name__ == "__main__":
     sys.exit(main())
