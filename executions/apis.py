@@ -23,7 +23,7 @@ from isol8_site.errors import not_found, validation_error
 from isol8_site.negotiation import EventStreamNegotiation
 from sandbox.spec import ExecutionSpec
 from sessions_app.services import sessions_stop_idle
-from tenants.authentication import IsMaster, StreamTokenAuthentication, principal_of
+from tenants.authentication import IsMaster, Principal, StreamTokenAuthentication, principal_of
 from tenants.tokens import execution_scope, stream_token_mint
 
 PAGE_SIZE = 50
@@ -37,29 +37,38 @@ def sse_response(stream: Any, execution_id: object) -> StreamingHttpResponse:
     return response
 
 
+def start_execution(principal: Principal, body: Any, *, streamed: bool, interactive: bool = False) -> Execution:
+    """Validate an execute body, apply the tenant's policy, record and enqueue it.
+
+    The one way in for POST /execute, POST /execute/stream and GET /execute/ws
+    (``interactive``: its stdin stays open for live input).
+    """
+    serializer = ExecuteSerializer(data=execute_body(body))
+    serializer.is_valid(raise_exception=True)
+    data = serializer.validated_data
+    options = data.get("options", {})
+    limits = resolve_limits(tenant=principal.tenant, request=data["request"], options=options)
+    spec = ExecutionSpec.from_request(data["request"], options)
+    spec.interactive = interactive
+    # Package names are checked before anything runs (400), then the policy (403).
+    spec.install_packages = validate_packages(runtime=spec.runtime, packages=spec.install_packages)
+    check_installs_allowed(tenant=principal.tenant, packages=spec.install_packages)
+    return services.execution_start(
+        tenant=principal.tenant,
+        spec=spec,
+        limits=limits,
+        streamed=streamed,
+        session_id=data.get("sessionId"),
+    )
+
+
 class ExecuteBase(APIView):
     """Shared by /execute and /execute/stream: the same validation, policy and recording."""
 
     streamed = False
 
     def start(self, request: Request) -> Execution:
-        principal = principal_of(request)
-        serializer = ExecuteSerializer(data=execute_body(request.data))
-        serializer.is_valid(raise_exception=True)
-        data = serializer.validated_data
-        options = data.get("options", {})
-        limits = resolve_limits(tenant=principal.tenant, request=data["request"], options=options)
-        spec = ExecutionSpec.from_request(data["request"], options)
-        # Package names are checked before anything runs (400), then the policy (403).
-        spec.install_packages = validate_packages(runtime=spec.runtime, packages=spec.install_packages)
-        check_installs_allowed(tenant=principal.tenant, packages=spec.install_packages)
-        return services.execution_start(
-            tenant=principal.tenant,
-            spec=spec,
-            limits=limits,
-            streamed=self.streamed,
-            session_id=data.get("sessionId"),
-        )
+        return start_execution(principal_of(request), request.data, streamed=self.streamed)
 
 
 class ExecuteApi(ExecuteBase):

@@ -50,6 +50,8 @@ class RequestSerializer(StrictSerializer):
     setupScript = Text(required=False, allow_blank=True, trim_whitespace=False)
     installPackages = serializers.ListField(child=Text(), required=False)
     metadata = serializers.DictField(child=Text(allow_blank=True), required=False)
+    # Beyond isol8: the code runs on a pseudo-terminal (a REPL, `bash -i`); see GET /execute/ws.
+    tty = Boolean(required=False)
 
     def validate_runtime(self, value: str) -> str:
         if value not in settings.ISOL8_RUNTIMES:

@@ -2,8 +2,8 @@
 
 ``application`` routes by scope type: HTTP goes to Django, behind the body
 guard (isol8_site/bodyguard.py: limits, timeouts, authentication before the
-body is read); a WebSocket
-handshake on a path this server does not serve is refused with a JSON 404
+body is read); a WebSocket handshake on /execute/ws goes to its consumer
+(executions/ws.py, Django Channels), one on a path this server does not serve is refused with a JSON 404
 (never the bare 500 an ASGI server sends when the app cannot take the scope);
 ``lifespan`` is acknowledged so uvicorn does not log that it is unsupported.
 """
@@ -78,16 +78,25 @@ def get_application() -> Callable[[Scope, Receive, Send], Awaitable[None]]:
 
     django.setup(set_prefix=False)
     # Imported once the apps are loaded (the models need them).
+    from channels.routing import URLRouter
+    from django.urls import path
+
+    from executions.ws import ExecuteSocket
     from isol8_site.bodyguard import BodyGuard
     from tenants.authentication import authenticate_scope
 
     http = BodyGuard(OneHopASGIHandler(), authenticate=authenticate_scope)
+    websockets = URLRouter([path("execute/ws", ExecuteSocket.as_asgi())])
+    websocket_paths = {"/execute/ws"}
 
     async def application(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             await http(scope, receive, send)
         elif scope["type"] == "websocket":
-            await refuse_websocket(scope, receive, send)
+            if scope.get("path") in websocket_paths:
+                await websockets(scope, receive, send)
+            else:
+                await refuse_websocket(scope, receive, send)
         elif scope["type"] == "lifespan":
             await lifespan(receive, send)
 

@@ -32,6 +32,27 @@ SECRETS_PREFIX = "isol8:secrets:"
 RESULT_PREFIX = "isol8:result:"
 FILE_ANSWER_PREFIX = "isol8:file:"
 CLEANUP_PREFIX = "isol8:cleanup:"
+INPUT_PREFIX = "isol8:input:"
+# An interactive execution's input (GET /execute/ws → its worker): JSON
+# messages {"op": "stdin", "data": base64} | {"op": "stdin", "eof": true} |
+# {"op": "signal", "signal": "SIGINT"} | {"op": "resize", "cols", "rows"}.
+# At most INPUT_MAX_QUEUED wait in Redis; the web waits while the list is full.
+INPUT_OPS = ("stdin", "signal", "resize")
+# Signals and resizes wait in a list of their own (``control_key``), so they
+# overtake stdin that the program has not read yet.
+# When the run ends its worker replaces the stdin list with the string INPUT_ENDED
+# (for INPUT_ENDED_TTL): input pushed after that is refused, not left behind.
+INPUT_MAX_QUEUED = 16
+INPUT_TTL = 3600
+INPUT_ENDED = "ended"
+INPUT_ENDED_TTL = 120
+PUSH_INPUT = """
+if redis.call('TYPE', KEYS[1]).ok == 'string' then return -1 end
+if redis.call('LLEN', KEYS[2]) >= tonumber(ARGV[2]) then return 0 end
+redis.call('RPUSH', KEYS[2], ARGV[1])
+redis.call('EXPIRE', KEYS[2], tonumber(ARGV[3]))
+return 1
+"""
 CANCEL_CHANNEL = "isol8:cancel"
 QUOTA_PREFIX = "isol8:q:"
 EVENTS_PREFIX = "isol8:events:"
@@ -52,6 +73,34 @@ def file_answer_key(op_id: object) -> str:
 
 def cleanup_key(request_id: object) -> str:
     return f"{CLEANUP_PREFIX}{request_id}"
+
+
+def input_key(execution_id: object) -> str:
+    """An interactive run's stdin messages (and, once it ended, the INPUT_ENDED marker)."""
+    return f"{INPUT_PREFIX}{execution_id}"
+
+
+def control_key(execution_id: object) -> str:
+    """An interactive run's signal and resize messages."""
+    return f"{INPUT_PREFIX}{execution_id}:control"
+
+
+def push_input(execution_id: object, message: dict[str, Any]) -> int:
+    """Queue one input message for the run's worker: 1 queued, 0 the queue is full (try again), -1 the run ended."""
+    target = input_key(execution_id) if message.get("op") == "stdin" else control_key(execution_id)
+    return int(
+        get_redis().eval(
+            PUSH_INPUT, 2, input_key(execution_id), target, json.dumps(message), INPUT_MAX_QUEUED, INPUT_TTL
+        )
+    )
+
+
+def end_input(execution_id: object) -> None:
+    """The run ended: what is queued is dropped and later pushes are refused."""
+    pipe = get_redis().pipeline(transaction=True)
+    pipe.delete(input_key(execution_id), control_key(execution_id))
+    pipe.set(input_key(execution_id), INPUT_ENDED, ex=INPUT_ENDED_TTL)
+    pipe.execute()
 
 
 def heartbeat_key() -> str:

@@ -19,7 +19,7 @@ import secrets
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -206,15 +206,25 @@ class LauncherTransport:
         self.container_id = container_id
         self.sock, self._wrapper = dockerapi.attach(container_id)  # the wrapper keeps the socket open
         self.reader = FrameReader(self.sock, container_id)
+        # A request and the control messages sent during its run (cancel, live
+        # input) come from different threads; each goes out whole.
+        self.send_lock = threading.Lock()
 
     def call(
-        self, request: dict[str, Any], deadline: float, until_nonce: str | None = None
+        self,
+        request: dict[str, Any],
+        deadline: float,
+        until_nonce: str | None = None,
+        on_sent: Callable[[], None] | None = None,
     ) -> Iterator[Frame]:
         try:
-            self.sock.sendall(encode_request(request))
+            with self.send_lock:
+                self.sock.sendall(encode_request(request))
         except OSError as exc:
             logger.warning("sandbox %s: connection lost: %s", self.container_id[:12], exc)
             raise SandboxError("lost the connection to the sandbox") from exc
+        if on_sent is not None:
+            on_sent()
         while True:
             frame = self.reader.read(deadline)
             yield frame
@@ -222,8 +232,9 @@ class LauncherTransport:
                 return
 
     def send_control(self, request: dict[str, Any]) -> None:
-        """Send a control request (cancel) while a run is in progress."""
-        self.sock.sendall(encode_request(request))
+        """Send a control request (cancel, live input) while a run is in progress."""
+        with self.send_lock:
+            self.sock.sendall(encode_request(request))
 
     def close(self) -> None:
         try:
@@ -239,17 +250,25 @@ class ExecTransport:
         self.container_id = container_id
         self.user = f"{uid}:{uid}"
         self._active: Any = None
+        self.send_lock = threading.Lock()
 
     def call(
-        self, request: dict[str, Any], deadline: float, until_nonce: str | None = None
+        self,
+        request: dict[str, Any],
+        deadline: float,
+        until_nonce: str | None = None,
+        on_sent: Callable[[], None] | None = None,
     ) -> Iterator[Frame]:
         # A fresh exec has no earlier frames: until_nonce needs no special care.
         sock, _wrapper = dockerapi.exec_attach(
             self.container_id, [*LAUNCHER_ARGV, "once"], user=self.user, workdir="/sandbox"
         )
-        self._active = sock
         try:
-            sock.sendall(encode_request(request))
+            with self.send_lock:
+                self._active = sock
+                sock.sendall(encode_request(request))
+            if on_sent is not None:
+                on_sent()
             reader = FrameReader(sock, self.container_id)
             while True:
                 frame = reader.read(deadline)
@@ -257,13 +276,14 @@ class ExecTransport:
                 if frame.kind in END_KINDS:
                     return
         finally:
-            self._active = None
+            with self.send_lock:
+                self._active = None
             sock.close()
 
     def send_control(self, request: dict[str, Any]) -> None:
-        active = self._active
-        if active is not None:
-            active.sendall(encode_request(request))
+        with self.send_lock:
+            if self._active is not None:
+                self._active.sendall(encode_request(request))
 
     def close(self) -> None:
         pass
@@ -294,11 +314,17 @@ class Sandbox:
     # Held by whoever talks to the launcher of a session's sandbox (a run or a file operation).
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def call(self, request: dict[str, Any], timeout: float) -> Iterator[Frame]:
-        """Send one request; yield its frames. Any failure marks the sandbox broken."""
+    def call(
+        self, request: dict[str, Any], timeout: float, on_sent: Callable[[], None] | None = None
+    ) -> Iterator[Frame]:
+        """Send one request; yield its frames. Any failure marks the sandbox broken.
+
+        ``on_sent`` is called once the request is on its way: control messages
+        for it may follow from then on.
+        """
         deadline = time.monotonic() + timeout
         try:
-            yield from self.transport.call(request, deadline)
+            yield from self.transport.call(request, deadline, on_sent=on_sent)
         except BaseException:
             # A half-read reply leaves the stream out of step: never reuse it.
             self.broken = True
@@ -353,10 +379,16 @@ class Sandbox:
 
     def cancel(self) -> None:
         """Ask the launcher to kill the run in progress (from another thread)."""
+        self.send_control({"op": "cancel"})
+
+    def send_control(self, message: dict[str, Any]) -> bool:
+        """A control message for the run in progress (from another thread); False when it could not go."""
         try:
-            self.transport.send_control({"op": "cancel"})
+            self.transport.send_control(message)
         except OSError as exc:
-            logger.warning("cancel of %s failed: %s", self.container_id[:12], exc)
+            logger.warning("%s to %s failed: %s", message.get("op"), self.container_id[:12], exc)
+            return False
+        return True
 
     def destroy(self) -> None:
         self.transport.close()

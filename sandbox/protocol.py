@@ -11,6 +11,11 @@ length), which FrameReader takes apart.
     x       the end of a run                              (JSON)
     r       the reply to any other operation              (JSON)
     c       the acknowledgement of a cancel that arrived after its run (skipped)
+    i       an interactive run's program read this much stdin       (JSON: bytes)
+
+During a run the worker may send control requests: ``cancel``, and for an
+interactive run ``stdin`` (base64 ``data`` or ``eof``), ``signal`` and
+``resize`` (never answered; dropped when no run is in progress).
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ import base64
 import codecs
 import posixpath
 import re
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,6 +31,11 @@ LAUNCHER_GRACE_SECONDS = 10.0
 STREAMS = {"o": ("stdout", "code"), "e": ("stderr", "code"), "O": ("stdout", "setup"), "E": ("stderr", "setup")}
 
 Publish = Callable[[str, str, str | None], None]  # (type, data, phase)
+# Live stdin on its way to an interactive run's launcher, not yet read by the
+# program, is at most this much (or one message, if that is larger): the
+# launcher's "i" frames give credit back as the program reads.
+STDIN_WINDOW_BYTES = 16 * 1024
+TERMINAL_SIZE = [80, 24]  # a tty run's terminal until the client resizes it
 
 
 def resolve_workdir(workdir: str) -> str:
@@ -101,6 +107,10 @@ def build_request(
         # start-up environment matches this run's, and starts python3 otherwise.
         "forkServer": fork_server and spec.runtime == "python" and not spec.cmd.strip(),
     }
+    if spec.interactive:
+        request["interactive"] = True
+    if spec.tty:
+        request["tty"] = TERMINAL_SIZE
     if spec.setup_script.strip():
         files.insert(0, [SETUP_PATH, base64.b64encode(spec.setup_script.encode()).decode()])
         request["setup"] = ["bash", SETUP_PATH]
@@ -231,16 +241,66 @@ class OutputCollector:
 
 @dataclass
 class RunHandle:
-    """A run in progress on this worker, so a cancel request can reach it."""
+    """A run in progress on this worker, so a cancel (and an interactive run's input) can reach it.
+
+    Input is let through once the run request is on its way (``open_input``),
+    at most STDIN_WINDOW_BYTES ahead of what the program read (``credit``),
+    and never after the run ended (``close_input``).
+    """
 
     execution_id: str
     sandbox: Sandbox | None = None
     cancelled: bool = False
+    input_open: bool = False
+    input_closed: bool = False
+    in_flight: int = 0  # stdin bytes sent to the launcher, not yet read by the program
+    window: threading.Condition = field(default_factory=threading.Condition)
 
     def cancel(self) -> None:
         self.cancelled = True
         if self.sandbox is not None:
             self.sandbox.cancel()
+
+    def open_input(self) -> None:
+        with self.window:
+            self.input_open = True
+            self.window.notify_all()
+
+    def close_input(self) -> None:
+        with self.window:
+            self.input_closed = True
+            self.window.notify_all()
+
+    def credit(self, read: int) -> None:
+        with self.window:
+            self.in_flight = max(0, self.in_flight - read)
+            self.window.notify_all()
+
+    def room_for(self, size: int, timeout: float) -> bool:
+        """True once ``size`` stdin bytes may go now (waits at most ``timeout``); False if not, or the run ended."""
+        deadline = time.monotonic() + timeout
+        with self.window:
+            while not self.input_closed and not (self.input_open and (
+                not self.in_flight or self.in_flight + size <= STDIN_WINDOW_BYTES
+            )):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self.window.wait(remaining)
+            return not self.input_closed
+
+    def send_input(self, message: dict[str, Any], size: int = 0) -> bool:
+        """Forward one input message (``size``: its stdin bytes), waiting for room; False once the run ended."""
+        with self.window:
+            while not self.input_closed and (
+                not self.input_open or (size and self.in_flight and self.in_flight + size > STDIN_WINDOW_BYTES)
+            ):
+                self.window.wait(0.5)
+            if self.input_closed or self.sandbox is None:
+                return False
+            self.in_flight += size
+            box = self.sandbox
+        return box.send_control(message)
 
 
 def run_in_sandbox(
@@ -279,13 +339,16 @@ def run_in_sandbox(
         if handle.cancelled:
             raise SandboxError("cancelled before it started")
         timeout = limits.timeout_ms / 1000.0 + LAUNCHER_GRACE_SECONDS
-        for frame in box.call(request, timeout):
+        for frame in box.call(request, timeout, on_sent=handle.open_input):
             if frame.kind in STREAMS:
                 collector.feed(frame.kind, frame.payload)
             elif frame.kind == "t":
                 marker = frame.json()
                 collector.truncated(marker["kind"], int(marker["bytes"]), limits.max_output)
+            elif frame.kind == "i":
+                handle.credit(int(frame.json().get("bytes", 0)))
             elif frame.kind == "x":
+                handle.close_input()
                 outcome = frame.json()
                 box.reset_pending = reset_after
     except SandboxError as exc:
@@ -301,6 +364,7 @@ def run_in_sandbox(
             container_id=box.container_id,
         )
     finally:
+        handle.close_input()
         handle.sandbox = None
     collector.finish()
     return _result_from_outcome(outcome, collector, limits, box, handle)

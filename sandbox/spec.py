@@ -60,6 +60,9 @@ class ExecutionSpec:
     metadata: dict[str, str] = field(default_factory=dict)
     secrets: dict[str, str] = field(default_factory=dict)
     install_packages: list[str] = field(default_factory=list)
+    tty: bool = False  # the code runs on a pseudo-terminal of the sandbox
+    # Its stdin stays open for live input (GET /execute/ws) until an eof message.
+    interactive: bool = False
 
     @classmethod
     def from_request(cls, request: dict[str, Any], options: dict[str, Any]) -> ExecutionSpec:
@@ -78,6 +81,7 @@ class ExecutionSpec:
             metadata=request.get("metadata", {}),
             secrets=options.get("secrets", {}),
             install_packages=request.get("installPackages", []),
+            tty=bool(request.get("tty", False)),
         )
 
     @classmethod
@@ -99,6 +103,8 @@ class ExecutionSpec:
             metadata=stored.get("metadata", {}),
             secrets=secrets,
             install_packages=stored.get("installPackages", []),
+            tty=bool(stored.get("tty", False)),
+            interactive=bool(stored.get("interactive", False)),
         )
 
     def to_stored(self) -> dict[str, Any]:
@@ -114,6 +120,8 @@ class ExecutionSpec:
             "metadata": self.metadata,
             "installPackages": self.install_packages,
             "secretNames": sorted(self.secrets),
+            "tty": self.tty,
+            "interactive": self.interactive,
         }
         return {k: v for k, v in data.items() if v}
 

@@ -92,15 +92,24 @@ def _authenticate(key: str) -> Principal:
     return Principal(tenant=api_key.tenant, api_key=api_key, is_master=False)
 
 
+def authenticate_headers(scope: dict[str, Any]) -> Principal:
+    """The caller of an ASGI request or WebSocket upgrade, from its Authorization header.
+
+    Raises Unauthorized/Forbidden/RateLimited like every route; a key in the
+    query string is never looked at.
+    """
+    header = next((bytes(v).decode("latin-1") for k, v in scope.get("headers", []) if k == b"authorization"), "")
+    client = scope.get("client")
+    return authenticate_key(parse_authorization(header), client=client[0] if client else None)
+
+
 def authenticate_scope(scope: dict[str, Any]) -> None:
     """Authenticate an ASGI request from its headers, before its body is read (isol8_site/bodyguard.py).
 
     The principal is left in the scope, where DRF's authentication finds it,
     so a key is looked up once per request.
     """
-    header = next((bytes(v).decode("latin-1") for k, v in scope.get("headers", []) if k == b"authorization"), "")
-    client = scope.get("client")
-    scope[PRINCIPAL_SCOPE_KEY] = authenticate_key(parse_authorization(header), client=client[0] if client else None)
+    scope[PRINCIPAL_SCOPE_KEY] = authenticate_headers(scope)
 
 
 def principal_of(request: Request) -> Principal:

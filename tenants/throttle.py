@@ -48,11 +48,16 @@ def check(address: str | None) -> None:
         raise _refusal(until - time.monotonic())
 
 
+def failures_key(address: str) -> str:
+    """The count of one address's failures, per cluster (clusters sharing a Redis do not block each other)."""
+    return f"isol8:authfail:{settings.ISOL8_RUN_QUEUE}:{address}"
+
+
 def failed(address: str | None) -> None:
     """Count one failed authentication of ``address``; block it once over the limit."""
     if not address:
         return
-    key = f"isol8:authfail:{address}"
+    key = failures_key(address)
     try:
         pipe = get_redis().pipeline(transaction=True)
         pipe.incr(key)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from contextlib import nullcontext
 
 from django.conf import settings
 from django.db import close_old_connections
@@ -25,6 +26,7 @@ from sandbox.pool import SandboxPool
 from sandbox.run import Publish, RunHandle, run_in_sandbox
 from sandbox.spec import ExecutionSpec, Limits, RunResult
 from sessions_app import services as session_services
+from worker.inputs import InputPump
 from worker.sessions import SessionBoxes, SessionDeletedError
 
 logger = logging.getLogger(__name__)
@@ -162,9 +164,10 @@ def execute(
             status="error", error=str(exc), error_code="install_failed", exit_code=exc.exit_code,
             container_id=box.container_id,
         )
-    result = run_in_sandbox(
-        box, spec, limits, in_session=in_session, history_max=settings.ISOL8_HISTORY_MAX_OUTPUT,
-        publish=publish, handle=handle,
-    )
+    with InputPump(str(execution.pk), handle) if spec.interactive else nullcontext():
+        result = run_in_sandbox(
+            box, spec, limits, in_session=in_session, history_max=settings.ISOL8_HISTORY_MAX_OUTPUT,
+            publish=publish, handle=handle,
+        )
     result.package_source = source
     return result

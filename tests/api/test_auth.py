@@ -9,6 +9,7 @@ import pytest
 from django.utils import timezone
 
 from isol8_site.redis import get_redis
+from tenants import throttle
 from tenants.models import ApiKey
 from tenants.services import apikey_create, apikey_revoke
 from tests.api.conftest import assert_error, assert_nothing_started, client_for
@@ -123,9 +124,9 @@ def test_master_key_executes_under_the_default_tenant(master, fake_dispatch):
 def address():
     """A client address of this test alone (failure counts are per address, in the shared Redis)."""
     ip = f"198.51.100.{uuid.uuid4().int % 250 + 1}"
-    get_redis().delete(f"isol8:authfail:{ip}")
+    get_redis().delete(throttle.failures_key(ip))
     yield ip
-    get_redis().delete(f"isol8:authfail:{ip}")
+    get_redis().delete(throttle.failures_key(ip))
 
 
 def test_too_many_failed_authentications_are_429_with_retry_after(

@@ -21,7 +21,7 @@ from isol8_launcher.paths import (
 )
 from isol8_launcher.procs import CPU_USAGE_FILES, CodeUser, Spawn, cgroup_value, remove_sysv_ipc
 from isol8_launcher.protocol import FrameWriter, OpError, read_request
-from isol8_launcher.run import Runner
+from isol8_launcher.run import INPUT_OPS, Runner
 
 Op = Callable[[dict[str, Any]], dict[str, Any]]
 
@@ -92,6 +92,8 @@ class Launcher:
                 # while the worker records it: the next run does not wait for it.
                 self.handle({"op": "reset"})
             return
+        if op in INPUT_OPS:
+            return  # live input for a run that has ended: dropped, and never answered
         if op == "cancel":
             # A cancel that arrived after its run ended: acknowledged with a frame
             # the worker skips, so the next request's reply stays in step.

@@ -320,9 +320,20 @@ def unpack_tar(data: bytes, root: str = SANDBOX) -> None:
                 continue
             members.append(member)
         try:
-            tar.extractall(root, members=members, filter="data")
+            tar.extractall(root, members=members, filter=_skip_refused)
         except TypeError:  # a Python without extraction filters
             tar.extractall(root, members=members)
+
+
+def _skip_refused(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo | None:
+    """tarfile's "data" filter, skipping what it refuses (a link leading out, an absolute link).
+
+    One refused member must not stop the extraction half-way.
+    """
+    try:
+        return tarfile.data_filter(member, dest)
+    except tarfile.FilterError:
+        return None
 
 
 def wipe_scratch(uid: int, dirs: tuple[str, ...] = SCRATCH_DIRS) -> None:

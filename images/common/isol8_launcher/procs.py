@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import fcntl
 import json
 import os
 import signal
+import struct
+import termios
 import time
 from collections.abc import Callable
-from typing import Any, NamedTuple, NoReturn
+from typing import Any, NamedTuple, NoReturn, Protocol
 
 from isol8_launcher.protocol import OpError
 
@@ -34,8 +37,22 @@ class Process(NamedTuple):
     pidfd: int
 
 
-# spawn(argv, env, cwd, prepare): start a program as the code user (CodeUser.spawn).
-Spawn = Callable[[list[str], dict[str, str], str, Callable[[], None] | None], Process]
+class Spawn(Protocol):
+    """spawn(argv, env, cwd, prepare, tty): start a program as the code user (CodeUser.spawn)."""
+
+    def __call__(
+        self,
+        argv: list[str],
+        env: dict[str, str],
+        cwd: str,
+        prepare: Callable[[], None] | None,
+        tty: tuple[int, int] | None = None,
+    ) -> Process: ...
+
+
+def set_terminal_size(fd: int, cols: int, rows: int) -> None:
+    """The size of the terminal ``fd`` is a side of; its foreground group gets SIGWINCH."""
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
 
 
 def drop_capability_bounding_set() -> None:
@@ -200,16 +217,26 @@ class CodeUser:
         env: dict[str, str],
         cwd: str,
         prepare: Callable[[], None] | None,
+        tty: tuple[int, int] | None = None,
     ) -> Process:
         """Start ``argv`` as the code user in its own session.
 
         ``prepare`` runs in the child after it became the code user and before the
         exec (it writes the run's files: one fork fewer than a separate helper).
-        Raises OpError when the program cannot be started (bad cwd, missing
-        binary, a file that cannot be written).
+        With ``tty`` (cols, rows) the program's stdin, stdout and stderr are a
+        new pseudo-terminal of this sandbox, its controlling terminal; the
+        Process then holds the terminal's master side as stdin and stdout (and
+        a stderr pipe that only ends). Raises OpError when the program cannot
+        be started (bad cwd, missing binary, a file that cannot be written).
         """
-        in_r, in_w = os.pipe()
-        out_r, out_w = os.pipe()
+        if tty is not None:
+            with self.acting():  # devpts gives the new terminal to the opener: the code user
+                master, slave = os.openpty()
+            set_terminal_size(master, *tty)
+            in_r, in_w, out_r, out_w = slave, os.dup(master), master, os.dup(slave)
+        else:
+            in_r, in_w = os.pipe()
+            out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
         status_r, status_w = os.pipe2(os.O_CLOEXEC)
         try:
@@ -226,7 +253,9 @@ class CodeUser:
                     self.become()
                 os.dup2(in_r, 0)
                 os.dup2(out_w, 1)
-                os.dup2(err_w, 2)
+                os.dup2(out_w if tty is not None else err_w, 2)
+                if tty is not None:
+                    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
                 close_fds_except({status_w})
                 default_signals()
                 if prepare is not None:

@@ -9,6 +9,11 @@ Replies are frames: a 4-byte big-endian payload length, one kind byte, the paylo
     x       the end of a run                              (JSON)
     r       the reply to any other operation              (JSON)
     c       the acknowledgement of a cancel that arrived after its run
+    i       an interactive run's program read this much stdin       (JSON: bytes)
+
+During a run the worker may send: ``cancel``; for an interactive run,
+``stdin`` (base64 ``data``, or ``eof``), ``signal`` and ``resize``. These
+live messages are never answered, and dropped when no run is in progress.
 """
 
 from __future__ import annotations

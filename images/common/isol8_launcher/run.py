@@ -3,14 +3,16 @@
 ``Runner`` serves one ``run`` request at a time; each program (the setup
 script, then the code) is a ``ProgramRun``: started, its stdin fed, its
 stdout and stderr forwarded as frames, the worker's control messages
-(cancel) obeyed, its deadline enforced, and its outcome summed up in the
-``x`` frame. How processes are started and killed is given to the Runner
-(the launcher's CodeUser in a sandbox), so the loop runs anywhere.
+(cancel; live stdin, signals and terminal size for interactive runs)
+obeyed, its deadline enforced, and its outcome summed up in the ``x`` frame.
+How processes are started and killed is given to the Runner (the launcher's
+CodeUser in a sandbox), so the loop runs anywhere.
 """
 
 from __future__ import annotations
 
 import base64
+import errno
 import os
 import select
 import selectors
@@ -21,7 +23,7 @@ from typing import Any
 
 from isol8_launcher.forkclient import ForkServer
 from isol8_launcher.paths import RUN_FILE_ROOTS, read_output_files, write_files
-from isol8_launcher.procs import OOM_FILES, PIDS_FILES, Process, Spawn, cgroup_counter
+from isol8_launcher.procs import OOM_FILES, PIDS_FILES, Process, Spawn, cgroup_counter, set_terminal_size
 from isol8_launcher.protocol import READ_CHUNK, FrameWriter, OpError, read_request
 
 # Output is forwarded at once when the stream has been quiet for this long;
@@ -29,6 +31,12 @@ from isol8_launcher.protocol import READ_CHUNK, FrameWriter, OpError, read_reque
 # lines produces a few hundred frames, not 100 000.
 COALESCE_SECONDS = 0.004
 COALESCE_BYTES = 32 * 1024
+# An interactive run's stdin: the worker may have this many bytes on their way
+# (written to us, not yet to the program); an "i" frame returns credit as the
+# program reads. So this process never holds more than that of stdin.
+STDIN_CREDIT_BYTES = 16 * 1024
+SIGNALS = {"SIGINT": signal.SIGINT, "SIGTERM": signal.SIGTERM, "SIGKILL": signal.SIGKILL}
+EOT = b"\x04"  # a terminal's end of input (what Ctrl-D types)
 BASE_ENV = {
     "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
     "HOME": "/sandbox",
@@ -85,14 +93,33 @@ class OutputPump:
         return max(0.0, self.last_flush + COALESCE_SECONDS - time.monotonic())
 
 
-class RunLimits:
-    """What a run request allows each of its programs: one deadline for both, the output cap."""
+def _terminal_size(value: Any) -> tuple[int, int] | None:
+    """A request's ``tty``: [cols, rows], or nothing (no terminal)."""
+    if not value:
+        return None
+    cols, rows = value
+    return max(1, min(int(cols), 1000)), max(1, min(int(rows), 1000))
 
-    def __init__(self, *, deadline: float, max_output: int, kill_leftovers: bool) -> None:
+
+class RunLimits:
+    """What a run request allows its programs (one deadline for both, the output cap) and how its code runs."""
+
+    def __init__(
+        self,
+        *,
+        deadline: float,
+        max_output: int,
+        kill_leftovers: bool,
+        interactive: bool = False,
+        tty: tuple[int, int] | None = None,
+    ) -> None:
         self.deadline = deadline
         self.max_output = max_output
         # One-shot sandboxes: processes left behind are killed when the program ends.
         self.kill_leftovers = kill_leftovers
+        # The code's stdin stays open for the worker's stdin messages (until their eof).
+        self.interactive = interactive
+        self.tty = tty  # (cols, rows): the code runs on a pseudo-terminal
 
 
 class Runner:
@@ -127,15 +154,21 @@ class Runner:
         self.forkserver_for = forkserver_for
         self.roots = roots
         self.home = roots[0]  # /sandbox: the default cwd, where a run's program file is
+        # An interactive run's stdin and resize messages that came during its
+        # setup script: the code's, given to it once it started.
+        self.held_input: list[dict[str, Any]] = []
 
     def run_request(self, req: dict[str, Any]) -> None:
         """Write files, run the optional setup script, then the program; send the outcome (``x``)."""
         started = time.monotonic()
+        self.held_input.clear()
         timeout = max(0.001, float(req.get("timeoutMs", 30000)) / 1000.0)
         limits = RunLimits(
             deadline=started + timeout,
             max_output=int(req.get("maxOutput", 1024 * 1024)),
             kill_leftovers=bool(req.get("killLeftovers", True)),
+            interactive=bool(req.get("interactive")),
+            tty=_terminal_size(req.get("tty")),
         )
         env = dict(BASE_ENV)
         env.update(req.get("env") or {})
@@ -173,7 +206,7 @@ class Runner:
         setup_env = dict(BASE_ENV)
         setup_env.update(req.get("setupEnv") or env)
         outcome = self.run_program(setup, env=setup_env, cwd=self.home, stdin=b"", kinds=(b"O", b"E"),
-                                   limits=limits, prepare=prepare)
+                                   limits=limits, prepare=prepare, code=False)
         if outcome["timedOut"] or outcome["cancelled"] or outcome["exitCode"] != 0:
             outcome["phase"] = "setup"
         return outcome
@@ -190,7 +223,8 @@ class Runner:
         """The program, from the fork server when the request asks and one serves its environment."""
         setup = req.get("setup")
         stdin = base64.b64decode(req.get("stdin") or "")
-        forkserver = self.forkserver_for(env) if req.get("forkServer") else None
+        # A terminal is made by spawn: the fork server's runs have pipes.
+        forkserver = self.forkserver_for(env) if req.get("forkServer") and limits.tty is None else None
         # The usual run sends just its program file: the forked run writes
         # it (uid 1000 itself), saving a helper fork of this process.
         only_program = len(files) == 1 and files[0][0].startswith(self.home + "/") and not setup
@@ -226,13 +260,16 @@ class Runner:
         prepare: Callable[[], None] | None = None,
         forkserver: ForkServer | None = None,
         forked_files: list[tuple[str, bytes]] | None = None,
+        code: bool = True,
     ) -> dict[str, Any]:
         """Run one program to completion and stream its output; returns its outcome.
 
         With a fork server, ``forked_files`` (just the program file) are written
         by the forked run itself; anything more is written by ``prepare`` in a
-        helper first.
+        helper first. ``code``: the run's code (not its setup script), which
+        runs as the request says (interactive, on a terminal).
         """
+        tty = limits.tty if code else None
         started = time.monotonic()
         reap: Callable[[], int]
         if forkserver is not None:
@@ -241,10 +278,29 @@ class Runner:
             proc = forkserver.launch(argv, env, cwd, forked_files or [])
             reap = forkserver.wait
         else:
-            proc = self.spawn(argv, env, cwd, prepare)
+            proc = self.spawn(argv, env, cwd, prepare, tty) if tty is not None else self.spawn(argv, env, cwd, prepare)
             reap = lambda: os.waitpid(proc.pid, 0)[1]  # noqa: E731
         pump = OutputPump(self.writer, kinds, limits.max_output)
-        return ProgramRun(self, proc, reap, pump, stdin=stdin, limits=limits, started=started).run()
+        run = ProgramRun(self, proc, reap, pump, stdin=stdin, limits=limits, started=started)
+        run.interactive = code and limits.interactive
+        run.tty = tty is not None
+        return run.run()
+
+
+INPUT_OPS = ("stdin", "signal", "resize")  # an interactive run's live messages
+
+
+def _read_some(fd: int) -> bytes:
+    """Up to READ_CHUNK bytes of a pipe or a terminal's master side; b"" at the end.
+
+    A terminal's master reads EIO, not EOF, once no process holds its other side.
+    """
+    try:
+        return os.read(fd, READ_CHUNK)
+    except OSError as exc:
+        if exc.errno == errno.EIO:
+            return b""
+        raise
 
 
 class ProgramRun:
@@ -272,12 +328,23 @@ class ProgramRun:
         self.cancelled = False
         self.sel = selectors.DefaultSelector()
         self.in_w = proc.stdin
-        self.stdin_view = memoryview(stdin)
+        self.stdin_buf = bytearray(stdin)
+        self.interactive = False  # stdin stays open for stdin messages, until their eof
+        self.tty = False  # stdin and stdout are the master side of the program's terminal
+        self.stdin_eof = False  # an interactive run's eof came (its stdin closes once written)
+        self.credit_due = 0  # stdin bytes the program took that the worker has not heard of
+        # The request's own stdin (and a terminal's Ctrl-Ds) never counted in the worker's window.
+        self.uncounted = len(stdin)
+        self.line_open = bool(stdin) and not stdin.endswith(b"\n")  # the last stdin byte was not a newline
         self.open_pipes = {proc.stdout, proc.stderr}
 
     def run(self) -> dict[str, Any]:
         """Pump until the program ended (or its deadline passed), drain its pipes; its outcome."""
         self._watch()
+        if self.interactive:
+            held, self.runner.held_input = self.runner.held_input, []
+            for ctl in held:
+                self._input(ctl)
         status = self._wait()
         duration_ms = int((time.monotonic() - self.started) * 1000)
         if self.in_w >= 0:
@@ -291,11 +358,14 @@ class ProgramRun:
     def _watch(self) -> None:
         """Register what the loop waits for: stdin to feed, both outputs, the exit, the worker."""
         os.set_blocking(self.in_w, False)
-        if self.stdin_view:
+        if self.tty and not self.interactive:
+            ending = self._end_of_terminal_input()
+            self.stdin_buf += ending
+            self.uncounted += len(ending)
+        if self.stdin_buf:
             self.sel.register(self.in_w, selectors.EVENT_WRITE, self._feed_stdin)
-        else:
-            os.close(self.in_w)
-            self.in_w = -1
+        elif not self.interactive:
+            self._close_stdin()
         self.sel.register(self.proc.stdout, selectors.EVENT_READ, self._read_stdout)
         self.sel.register(self.proc.stderr, selectors.EVENT_READ, self._read_stderr)
         self.sel.register(self.proc.pidfd, selectors.EVENT_READ, self._exited)
@@ -335,23 +405,108 @@ class ProgramRun:
             ctl = read_request(fd)
         except (OpError, ValueError):
             ctl = None
+        op = ctl.get("op") if ctl is not None else None
         if ctl is None:
             self.sel.unregister(fd)  # the worker closed its side; the deadline still holds
-        elif ctl.get("op") == "cancel":
+        elif op == "cancel":
             if not self.cancelled:
                 self.cancelled = True
                 self.runner.kill()
+        elif op in INPUT_OPS:
+            if self.interactive:
+                self._input(ctl)
+            elif self.limits.interactive and op != "signal":
+                self.runner.held_input.append(ctl)  # the setup script's run: kept for the code
         else:
             self.runner.pending.append(ctl)  # a request sent ahead: served after this run
 
+    def _input(self, ctl: dict[str, Any]) -> None:
+        """A live message for the program: stdin bytes or its eof, a signal, the terminal's size."""
+        op = ctl["op"]
+        if op == "stdin":
+            data = base64.b64decode(ctl.get("data") or "")
+            if self.in_w < 0 or self.stdin_eof:
+                # Closed already: dropped, as a closed pipe would; still credited,
+                # or the worker's window would stay taken by bytes that never come back.
+                self.credit_due += len(data)
+                self._return_credit()
+                return
+            was_empty = not self.stdin_buf
+            self.stdin_buf += data
+            if data:
+                self.line_open = not data.endswith(b"\n")
+            if ctl.get("eof"):
+                self.stdin_eof = True
+                if self.tty:
+                    ending = self._end_of_terminal_input()
+                    self.stdin_buf += ending
+                    self.uncounted += len(ending)
+            if was_empty and self.stdin_buf:
+                self.sel.register(self.in_w, selectors.EVENT_WRITE, self._feed_stdin)
+            elif not self.stdin_buf and self.stdin_eof:
+                self._close_stdin()
+        elif op == "signal":
+            sig = SIGNALS.get(str(ctl.get("signal")))
+            if sig is not None:
+                self._signal(sig)
+        elif op == "resize" and self.tty:
+            try:
+                cols, rows = (max(1, min(int(ctl[side]), 1000)) for side in ("cols", "rows"))
+                set_terminal_size(self.proc.stdout, cols, rows)
+            except (KeyError, TypeError, ValueError, OSError):
+                pass  # the web checks sizes; a bad one here is ignored
+
+    def _end_of_terminal_input(self) -> bytes:
+        """What ends a terminal's input (it stays open): Ctrl-D once after a full line, twice after a partial one."""
+        partial = self.line_open if self.interactive else bool(self.stdin_buf) and not self.stdin_buf.endswith(b"\n")
+        return EOT + EOT if partial else EOT
+
+    def _signal(self, sig: int) -> None:
+        """``sig`` to the program's process group; on a terminal, to its foreground group."""
+        group = self.proc.pid  # the program leads its own session and group
+        if self.tty:
+            try:
+                group = os.tcgetpgrp(self.proc.stdout)
+            except OSError:
+                pass
+
+        def send() -> None:
+            try:
+                os.killpg(group, sig)
+            except ProcessLookupError:
+                pass
+
+        try:
+            self.runner.as_code_user(send)
+        except OpError:
+            pass  # nothing of the code user's to signal there
+
     def _feed_stdin(self, fd: int) -> None:
         try:
-            self.stdin_view = self.stdin_view[os.write(fd, self.stdin_view[:READ_CHUNK]) :]
-        except BrokenPipeError:
-            self.stdin_view = self.stdin_view[:0]
-        if not self.stdin_view:
+            written = os.write(fd, self.stdin_buf[:READ_CHUNK])
+        except BlockingIOError:
+            return
+        except OSError:  # the program closed its stdin (EPIPE), or its terminal is gone
+            written = len(self.stdin_buf)
+        del self.stdin_buf[:written]
+        counted = max(0, written - self.uncounted)
+        self.uncounted = max(0, self.uncounted - written)
+        self.credit_due += counted
+        if not self.stdin_buf:
             self.sel.unregister(fd)
-            os.close(fd)
+            if not self.interactive or self.stdin_eof:
+                self._close_stdin()
+        self._return_credit()
+
+    def _return_credit(self) -> None:
+        """Tell the worker how much stdin the program took (interactive runs), in few frames."""
+        if self.interactive and self.credit_due and (not self.stdin_buf or self.credit_due >= STDIN_CREDIT_BYTES // 2):
+            self.runner.writer.send_json(b"i", {"bytes": self.credit_due})
+            self.credit_due = 0
+
+    def _close_stdin(self) -> None:
+        if self.in_w >= 0:
+            os.close(self.in_w)
             self.in_w = -1
 
     def _read_stdout(self, fd: int) -> None:
@@ -361,7 +516,10 @@ class ProgramRun:
         self._read_output(1, fd)
 
     def _read_output(self, stream: int, fd: int) -> None:
-        chunk = os.read(fd, READ_CHUNK)
+        try:
+            chunk = _read_some(fd)
+        except BlockingIOError:  # a terminal's master shares its stdin side's O_NONBLOCK
+            return
         if chunk:
             self.pump.feed(stream, chunk)
         else:
@@ -390,7 +548,7 @@ class ProgramRun:
     def _drain_pipe(self, fd: int, drain_until: float) -> None:
         data: bytes | None
         try:
-            data = os.read(fd, READ_CHUNK)
+            data = _read_some(fd)
         except BlockingIOError:
             data = None
         if data:

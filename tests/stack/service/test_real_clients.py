@@ -202,7 +202,7 @@ def test_new_tenants_keep_the_conservative_defaults_and_blank_quotas_mean_no_lim
         assert set(pool.map(one, range(130))) == {200}
 
 
-@pytest.mark.parametrize("path", ["/execute/ws", "/nope", "/"])
+@pytest.mark.parametrize("path", ["/execute/wss", "/nope", "/"])
 def test_a_websocket_handshake_on_a_path_without_a_websocket_route_is_refused_cleanly(stack, api_key, path):
     url = stack.url.replace("http://", "ws://") + path
     headers = {"Authorization": f"Bearer {api_key}"}

@@ -16,6 +16,7 @@ import redis
 from django.conf import settings
 
 from isol8_site.web import uvicorn_argv
+from tenants import throttle
 from tenants.quotas import tenant_usage
 from tests.conftest import ROOT, free_port, make_key, one_mode, run, wait_healthy
 
@@ -69,7 +70,7 @@ def test_failed_authentications_are_throttled_per_address(stack, api_key):
     finally:
         web.terminate()
         web.wait()
-        redis.Redis.from_url(settings.REDIS_URL).delete("isol8:authfail:127.0.0.1")
+        redis.Redis.from_url(settings.REDIS_URL).delete(throttle.failures_key("127.0.0.1"))
 
 
 def test_cpu_used_by_a_session_between_runs_is_charged_to_its_tenant(stack, tenant):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -57,8 +57,16 @@ class FakeTransport:
     controls: list[dict[str, Any]] = field(default_factory=list)
     closed: bool = False
 
-    def call(self, request: dict[str, Any], deadline: float, until_nonce: str | None = None) -> Iterator[Frame]:
+    def call(
+        self,
+        request: dict[str, Any],
+        deadline: float,
+        until_nonce: str | None = None,
+        on_sent: Callable[[], None] | None = None,
+    ) -> Iterator[Frame]:
         self.sent.append(request)
+        if on_sent is not None:
+            on_sent()
         frames = self.script.pop(0) if self.script else [Frame("r", b'{"ok": true, "clean": true}')]
         for frame in frames:
             if isinstance(frame, Exception):
