@@ -36,7 +36,11 @@ def write_identity(uid: int, gid: int, *, etc: str = "/etc", identity_dir: str =
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv if argv is None else argv
     mode = args[1] if len(args) > 1 else "serve"
-    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    # SIGPIPE stays ignored (Python's default): a program that exits without
+    # reading its stdin makes our write fail with EPIPE, which the run loop
+    # handles; it must not kill the launcher. Programs get SIG_DFL back
+    # (procs.default_signals). A worker that went away ends serve().
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     user = CodeUser.from_args(args[2:])
     if mode == "once":
         req = read_request(0)
@@ -81,7 +85,10 @@ def serve(user: CodeUser) -> int:
             return 3
         if req is None:
             return 0
-        launcher.handle(req)
+        try:
+            launcher.handle(req)
+        except BrokenPipeError:
+            return 0  # our stdout is gone: nobody reads the answers any more
         # After the answer went out (the first time, or when it died): start
         # the python fork server while the worker has nothing to ask.
         launcher.ensure_forkserver()

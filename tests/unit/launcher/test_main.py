@@ -75,10 +75,16 @@ def test_serve_refuses_to_run_as_the_code_user(capsys):
 
 @pytest.fixture
 def sigpipe() -> Iterator[None]:
-    """main() sets SIGPIPE to its default: put back the test process's disposition."""
+    """main() sets SIGPIPE's disposition: put back the test process's."""
     saved = signal.getsignal(signal.SIGPIPE)
     yield
     signal.signal(signal.SIGPIPE, saved)
+
+
+def test_sigpipe_is_ignored_so_a_program_that_left_its_stdin_unread_cannot_kill_the_launcher(sigpipe, capsys):
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    main(["launch.py", "sideways"])
+    assert signal.getsignal(signal.SIGPIPE) == signal.SIG_IGN
 
 
 def test_an_unknown_mode_exits_2(sigpipe, capsys):
