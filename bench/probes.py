@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import httpx
+from websockets.sync.client import connect as ws_connect
 
 from bench.measure import Probe, ProbeError, Timing
 from bench.programs import EXPECTED_STDOUT
@@ -167,6 +168,38 @@ def stream_first_stdout(url: str, key: str, body: dict[str, Any]) -> Iterator[Pr
             return Timing((first - start) * 1000)
 
         yield probe
+
+
+@contextmanager
+def websocket_first_stdout(url: str, key: str, body: dict[str, Any]) -> Iterator[Probe]:
+    """``GET /execute/ws`` (a new connection per run, as isol8's client makes): from sending the
+    ``execute`` message to the first ``stdout`` message; read to ``exit`` and checked like the SSE figure.
+    """
+    ws_url = url.replace("http://", "ws://", 1).replace("https://", "wss://", 1) + "/execute/ws"
+    message = json.dumps({"type": "execute", **body})
+
+    def probe() -> Timing:
+        with ws_connect(ws_url, additional_headers={"Authorization": f"Bearer {key}"}, open_timeout=30) as ws:
+            start = time.perf_counter()
+            ws.send(message)
+            first: float | None = None
+            stdout: list[str] = []
+            for raw in ws:
+                event = json.loads(raw)
+                kind = event.get("type")
+                if kind == "stdout":
+                    first = first or time.perf_counter()
+                    stdout.append(str(event.get("data", "")))
+                elif kind == "error":
+                    raise ProbeError(f"error message: {str(event.get('data'))[:200]}")
+                elif kind == "exit":
+                    if first is None:
+                        raise ProbeError(f"no stdout message (exit {event.get('data')!r})")
+                    check_output("".join(stdout), str(event.get("data")))
+                    return Timing((first - start) * 1000)
+        raise ProbeError("the socket closed without an exit message")
+
+    yield probe
 
 
 def read_events(response: httpx.Response) -> tuple[float | None, str, str | None]:

@@ -30,11 +30,12 @@ class RuntimeResult:
     oneshot: Series
     session: Series | None  # None: the server has no sessions
     stream: Series
+    websocket: Series  # GET /execute/ws: execute message → first stdout
     baseline_throughput: list[Throughput]
     oneshot_throughput: list[Throughput]
 
     def errors(self) -> int:
-        series = [self.host, self.baseline, self.oneshot, self.session, self.stream]
+        series = [self.host, self.baseline, self.oneshot, self.session, self.stream, self.websocket]
         series += [t.series for t in self.baseline_throughput + self.oneshot_throughput]
         return sum(s.errors + s.warmup_errors for s in series if s is not None)
 
@@ -54,6 +55,9 @@ class RuntimeResult:
             },
             "stream_first_stdout": {
                 **self.stream.to_json(), "ratio_p50": ratio(self.stream.p50(), base)
+            },
+            "websocket_first_stdout": {
+                **self.websocket.to_json(), "ratio_p50": ratio(self.websocket.p50(), base)
             },
             "service_overhead": {
                 "p50_ms": round2(percentile(overheads, 0.5)),
@@ -136,6 +140,7 @@ def runtime_table(result: RuntimeResult, *, runs: int, warmup: int) -> str:
         latency_row("POST /execute one-shot", result.oneshot, base, ""),
         latency_row("POST /execute in a session", result.session, base, NOT_AVAILABLE),
         latency_row("/execute/stream first stdout", result.stream, base, ""),
+        latency_row("/execute/ws first stdout", result.websocket, base, ""),
         overhead_row(result.oneshot, base),
         *throughput_rows(result),
     ]
@@ -162,6 +167,7 @@ def error_details(results: list[RuntimeResult], failed: dict[str, str]) -> str:
         named: list[tuple[str, Series | None]] = [
             ("host process", result.host), ("exec_run", result.baseline),
             ("execute", result.oneshot), ("session", result.session), ("stream", result.stream),
+            ("websocket", result.websocket),
         ]
         named += [(f"exec_run c={t.concurrency}", t.series) for t in result.baseline_throughput]
         named += [(f"execute c={t.concurrency}", t.series) for t in result.oneshot_throughput]

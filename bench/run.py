@@ -146,13 +146,15 @@ def measure_runtime(program: Program, plan: Plan, url: str, key: str, env: Bench
     say(f"{program.runtime}: /execute/stream first stdout")
     first_stdout = partial(probes.stream_first_stdout, url, key, body)
     stream = sequential(first_stdout, warmup=plan.warmup, runs=plan.runs)
+    say(f"{program.runtime}: /execute/ws first stdout")
+    websocket = sequential(partial(probes.websocket_first_stdout, url, key, body), warmup=plan.warmup, runs=plan.runs)
     oneshot_tp = []
     for c in plan.concurrency:
         say(f"{program.runtime}: POST /execute throughput, {c} client(s)")
         oneshot_tp.append(throughput(execute, concurrency=c, total_runs=plan.throughput_runs(c)))
     return RuntimeResult(
         runtime=program.runtime, code=program.code, host_argv=host_argv, host=host,
-        baseline=baseline, oneshot=oneshot, session=session, stream=stream,
+        baseline=baseline, oneshot=oneshot, session=session, stream=stream, websocket=websocket,
         baseline_throughput=baseline_tp, oneshot_throughput=oneshot_tp,
     )
 

@@ -39,7 +39,8 @@ import logging
 from typing import Any
 
 import redis
-from asgiref.sync import sync_to_async
+from asgiref.sync import ThreadSensitiveContext, sync_to_async
+from channels.db import database_sync_to_async
 from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 
@@ -88,9 +89,16 @@ class ExecuteSocket(AsyncWebsocketConsumer):
     forward: asyncio.Task[None] | None = None
     ended = False  # the execution's exit was sent (or it never started)
 
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        # A thread of its own for this connection's database work (as Django
+        # gives each HTTP request): one connection's wait for a quota slot
+        # never holds up another's.
+        async with ThreadSensitiveContext():
+            await super().__call__(scope, receive, send)
+
     async def websocket_connect(self, message: dict[str, Any]) -> None:
         try:
-            self.principal = await sync_to_async(authenticate_headers)(self.scope)
+            self.principal = await database_sync_to_async(authenticate_headers)(self.scope)
         except DomainError as exc:
             await self.refuse_upgrade(exc)
             raise StopConsumer() from None
@@ -144,7 +152,7 @@ class ExecuteSocket(AsyncWebsocketConsumer):
         try:
             await sync_to_async(slot.acquire)()
             try:
-                start = sync_to_async(start_execution)
+                start = database_sync_to_async(start_execution)
                 self.execution = await start(self.principal, body, streamed=True, interactive=True)
             except BaseException:
                 await slot.release()
@@ -175,7 +183,7 @@ class ExecuteSocket(AsyncWebsocketConsumer):
             self.forward.cancel()
         execution = self.execution
         if execution is not None and not self.ended:
-            await sync_to_async(cancel_unfinished)(str(execution.pk))
+            await database_sync_to_async(cancel_unfinished)(str(execution.pk))
         raise StopConsumer()
 
     # --------------------------------------------------------------- input
@@ -193,7 +201,7 @@ class ExecuteSocket(AsyncWebsocketConsumer):
         """Hand one message to the run's worker, waiting while its queue is full (back-pressure)."""
         while not self.ended:
             try:
-                queued = await sync_to_async(wire.push_input)(execution_id, message)
+                queued = await sync_to_async(wire.push_input, thread_sensitive=False)(execution_id, message)
             except redis.RedisError:
                 queued = 0  # a Redis restart: try again shortly, the run may still be going
             if queued:

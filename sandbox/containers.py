@@ -493,6 +493,17 @@ def container_attrs(container_id: str) -> dict[str, Any]:
     return dockerapi.inspect_container(container_id) or {}
 
 
+def container_state(container_id: str) -> str:
+    """How a container is, for a log line: its status, exit code and OOM flag (or that it is gone)."""
+    try:
+        state = container_attrs(container_id).get("State") or {}
+    except SandboxError as exc:
+        return f"state unknown: {exc}"
+    if not state:
+        return "the container is gone"
+    return f"status {state.get('Status')}, exit code {state.get('ExitCode')}, oom-killed {state.get('OOMKilled')}"
+
+
 def container_running(container_id: str) -> bool:
     attrs = dockerapi.inspect_container(container_id)
     return bool(attrs and attrs["State"]["Running"])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import codecs
+import logging
 import posixpath
 import re
 import threading
@@ -19,10 +20,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sandbox.config import current
-from sandbox.containers import Sandbox
+from sandbox.containers import Sandbox, container_state
 from sandbox.errors import SandboxError
 from sandbox.runtimes import BASE_ENV, RUNTIMES, SANDBOX, SETUP_ENV
 from sandbox.spec import ExecutionSpec, Limits, RunResult, truncation_marker
+
+logger = logging.getLogger(__name__)
 
 SETUP_PATH = "/sandbox/.isol8-setup.sh"
 # Extra time the worker gives the launcher past the run's own timeout (output
@@ -355,6 +358,8 @@ def run_in_sandbox(
         collector.finish()
         if handle.cancelled:
             return _cancelled_result(collector, started, box)
+        logger.warning("run of %s in %s failed: %s (%s)", handle.execution_id, box.container_id[:12], exc,
+                       container_state(box.container_id))
         return RunResult(
             status="error",
             error=f"The sandbox failed: {exc}",

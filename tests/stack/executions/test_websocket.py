@@ -283,7 +283,7 @@ def test_sigterm_ends_the_program(stack, api_key):
 
 def test_closing_the_socket_before_exit_cancels_the_run(stack, api_key, tenant):
     with socket(stack, api_key) as ws:
-        execute(ws, {"runtime": "bash", "code": "echo started; sleep 60"})
+        execute(ws, {"runtime": "bash", "code": "touch /sandbox/left-behind; echo started; sleep 60"})
         wait_for_output(ws, "started")
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
@@ -292,6 +292,11 @@ def test_closing_the_socket_before_exit_cancels_the_run(stack, api_key, tenant):
             break
         time.sleep(0.2)
     assert row.status == "cancelled", row.status
+    # The tenant's next run finds a reset sandbox: no file and no process of the cancelled one.
+    with stack.client(api_key) as api:
+        check = "ls -A /sandbox | grep -vx main.sh; cat /proc/[0-9]*/comm 2>/dev/null | grep -cx sleep"
+        body = run(api, {"runtime": "bash", "code": check}).json()
+    assert body["stdout"].split() == ["0"], body
 
 
 # -------------------------------------------------------------------- sessions
@@ -374,8 +379,13 @@ def test_the_python_repl_on_a_terminal(stack, api_key):
     with socket(stack, api_key) as ws:
         execute(ws, {"runtime": "bash", "cmd": "python3 -q", "tty": True})
         wait_for_output(ws, ">>> ")
-        ws.send(json.dumps({"type": "stdin", "data": "print(6 * 7)\n"}))
-        wait_for_output(ws, r"42\r?\n")
+        ws.send(json.dumps({"type": "stdin", "data": "1+1\n"}))
+        wait_for_output(ws, r"\n2\r?\n")
+        ws.send(json.dumps({"type": "stdin", "data": "name = input('name? ')\n"}))
+        wait_for_output(ws, r"name\? ")
+        ws.send(json.dumps({"type": "stdin", "data": "isol8\n"}))
+        ws.send(json.dumps({"type": "stdin", "data": "print(name.upper())\n"}))
+        wait_for_output(ws, r"ISOL8\r?\n")
         ws.send(json.dumps({"type": "stdin", "eof": True}))  # Ctrl-D ends the REPL
         assert until_exit(ws, timeout=20)[-1]["data"] == "0"
 
