@@ -148,6 +148,12 @@ def runtime_table(result: RuntimeResult, *, runs: int, warmup: int) -> str:
 
 
 def machine_header(facts: dict[str, Any]) -> str:
+    scrapes = facts.get("metrics_scrapes")
+    scraping = (
+        f"\nGET /metrics scraped every {scrapes['every_s']:g} s while measuring: {scrapes['scrapes']} scrapes, "
+        f"{scrapes['failures']} failed, p50 {scrapes['p50_ms']} ms, max {scrapes['max_ms']} ms"
+        if scrapes else "\nGET /metrics not scraped while measuring"
+    )
     return (
         f"machine: {facts['cpu_count']} CPUs, {facts['cpu_model']}, kernel {facts['kernel']}, "
         f"Docker {facts['docker_server']}, Python {facts['python']}\n"
@@ -157,6 +163,7 @@ def machine_header(facts: dict[str, Any]) -> str:
         f"{facts.get('load_average_end', '-')} at the end\n"
         f"cpu speed (1M-iteration Python loop, ms, lower is faster): "
         f"{facts.get('cpu_speed_ms_start', '-')} at the start, {facts.get('cpu_speed_ms_end', '-')} at the end"
+        + scraping
     )
 
 

@@ -14,6 +14,7 @@ import os
 import shutil
 import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -25,6 +26,8 @@ from typing import Any
 if __package__ in (None, ""):
     # Run as a script: make the repository importable (bench.*, the Django project).
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import httpx
 
 from bench import probes
 from bench.machine import cpu_speed_ms, load_average, machine_facts
@@ -77,6 +80,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--runtimes", type=names, default=["python", "node", "bash"])
     parser.add_argument("--concurrency", type=numbers, default=[1, 2, 4, 8])
     parser.add_argument("--quick", action="store_true", help="few runs: a smoke test of the suite")
+    parser.add_argument("--scrape-every", type=float, default=0,
+                        help="scrape GET /metrics this often (seconds) while measuring, as Prometheus would "
+                             "(needs the master key; default off)")
     parser.add_argument("--url", help="benchmark this running server instead of starting one")
     parser.add_argument("--key", help="API key for --url (its tenant's quotas must not limit the runs)")
     parser.add_argument("--redis-url", default=DEFAULT_REDIS_URL,
@@ -175,6 +181,46 @@ def terminate(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(128 + signum)
 
 
+class Scraper:
+    """Scrapes GET /metrics every ``every`` seconds in a thread while the figures are measured (0: off)."""
+
+    def __init__(self, url: str, key: str, *, every: float) -> None:
+        self.url, self.key, self.every = url, key, every
+        self.stop = threading.Event()
+        self.times_ms: list[float] = []
+        self.failures = 0
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+
+    def __enter__(self) -> Scraper:
+        if self.every > 0:
+            self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        if self.thread.is_alive():
+            self.thread.join(timeout=30)
+
+    def _loop(self) -> None:
+        with httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {self.key}"}, timeout=30) as client:
+            while not self.stop.wait(self.every):
+                started = time.perf_counter()
+                try:
+                    ok = client.get("/metrics").status_code == 200
+                except httpx.HTTPError:
+                    ok = False
+                self.times_ms.append((time.perf_counter() - started) * 1000)
+                self.failures += 0 if ok else 1
+
+    def summary(self) -> dict[str, Any]:
+        ordered = sorted(self.times_ms)
+        return {
+            "every_s": self.every, "scrapes": len(ordered), "failures": self.failures,
+            "p50_ms": round(ordered[len(ordered) // 2], 2) if ordered else None,
+            "max_ms": round(ordered[-1], 2) if ordered else None,
+        }
+
+
 def run_benchmark(
     args: argparse.Namespace, plan: Plan, env: BenchEnv
 ) -> tuple[dict[str, Any], list[RuntimeResult]]:
@@ -194,12 +240,15 @@ def run_benchmark(
             url, key = stack.url, stack.key
         facts = machine_facts(mode=args.mode, url=args.url)
         results = []
-        for runtime in args.runtimes:
-            try:
-                results.append(measure_runtime(PROGRAMS[runtime], plan, url, key, env))
-            except Exception as exc:  # noqa: BLE001 - one runtime's failure must not lose the others
-                say(f"{runtime}: measurement failed: {type(exc).__name__}: {exc}")
-                facts.setdefault("failed_runtimes", {})[runtime] = f"{type(exc).__name__}: {exc}"
+        with Scraper(url, key, every=args.scrape_every) as scraper:
+            for runtime in args.runtimes:
+                try:
+                    results.append(measure_runtime(PROGRAMS[runtime], plan, url, key, env))
+                except Exception as exc:  # noqa: BLE001 - one runtime's failure must not lose the others
+                    say(f"{runtime}: measurement failed: {type(exc).__name__}: {exc}")
+                    facts.setdefault("failed_runtimes", {})[runtime] = f"{type(exc).__name__}: {exc}"
+        if args.scrape_every:
+            facts["metrics_scrapes"] = scraper.summary()
         facts["load_average_end"] = load_average()
         facts["cpu_speed_ms_end"] = cpu_speed_ms()
         return facts, results

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import hmac
+import time
 from typing import Any
 from urllib.parse import urlencode
 
 from asgiref.sync import async_to_sync
+from django.conf import settings
+from django.db.models import Count
 from django.http import HttpResponse, StreamingHttpResponse
 from django.utils.dateparse import parse_datetime
+from prometheus_client import CONTENT_TYPE_LATEST
 from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -18,12 +23,21 @@ from executions.models import FINISHED, Execution, Status
 from executions.policy import check_installs_allowed, resolve_limits, validate_packages
 from executions.results import history_record
 from executions.serializers import ExecuteSerializer, execute_body
+from isol8_site import metrics, wire
 from isol8_site.config import shown
-from isol8_site.errors import not_found, validation_error
+from isol8_site.errors import Forbidden, not_found, validation_error
 from isol8_site.negotiation import EventStreamNegotiation
 from sandbox.spec import ExecutionSpec
+from sessions_app.models import Session
 from sessions_app.services import sessions_stop_idle
-from tenants.authentication import IsMaster, Principal, StreamTokenAuthentication, principal_of
+from tenants.authentication import (
+    IsMaster,
+    Principal,
+    StreamTokenAuthentication,
+    authenticate_key,
+    parse_authorization,
+    principal_of,
+)
 from tenants.tokens import execution_scope, stream_token_mint
 
 PAGE_SIZE = 50
@@ -232,3 +246,50 @@ class CleanupApi(APIView):
         sessions = sessions_stop_idle()
         containers = services.containers_cleanup()
         return Response({"ok": True, "sessions": {"removed": sessions}, "containers": containers})
+
+
+class MetricsApi(APIView):
+    """GET /metrics: Prometheus text exposition (the master key, or ISOL8_METRICS_TOKEN as a bearer token)."""
+
+    authentication_classes: list[Any] = []
+    permission_classes: list[Any] = []
+
+    def get(self, request: Request) -> HttpResponse:
+        token = parse_authorization(request.META.get("HTTP_AUTHORIZATION", ""))
+        expected = settings.ISOL8_METRICS_TOKEN
+        if not (expected and token and hmac.compare_digest(token.encode(), expected.encode())):
+            principal = authenticate_key(token, client=request.META.get("REMOTE_ADDR"))
+            if not principal.is_master:
+                raise Forbidden("This route needs the master key or the metrics token")
+        return HttpResponse(metrics.exposition(metric_levels), content_type=CONTENT_TYPE_LATEST)
+
+
+def metric_levels() -> list[tuple[str, str, list[str], list[tuple[list[str], float]]]]:
+    """The levels of the cluster, read at scrape time: workers, pools, sessions, open streams."""
+    beats = wire.worker_beats()
+    alive = wire.alive_hosts(beats)
+    now = time.time()
+    pool: list[tuple[list[str], float]] = []
+    found: list[tuple[list[str], float]] = []
+    for host, beat in beats.items():
+        for runtime, counts in (beat.get("runtimes") or {}).items():
+            for state in ("warm", "idle"):
+                pool.append(([host, runtime, state], float(counts.get(state, 0))))
+            for how in ("idleHits", "warmHits", "misses"):
+                found.append(([host, runtime, how], float(counts.get(how, 0))))
+    sessions = Session.objects.live().values_list("worker_host").annotate(n=Count("id"))
+    return [
+        ("isol8_worker_up", "1 while the host's worker heartbeat is fresh.", ["host"],
+         [([host], 1.0 if host in alive else 0.0) for host in beats]),
+        ("isol8_worker_heartbeat_age_seconds", "Seconds since the host's last heartbeat.", ["host"],
+         [([host], max(0.0, now - float(beat.get("at", now)))) for host, beat in beats.items()]),
+        ("isol8_docker_up", "1 when the host's Docker engine answered its last heartbeat.", ["host"],
+         [([host], 1.0 if beat.get("docker") else 0.0) for host, beat in beats.items()]),
+        ("isol8_pool_sandboxes", "Sandboxes ready on a host: warm (any tenant) or idle (kept for one).",
+         ["host", "runtime", "state"], pool),
+        ("isol8_pool_acquires", "How the host's runs got their sandbox since its worker started (a counter).",
+         ["host", "runtime", "found"], found),
+        ("isol8_live_sessions", "Live sessions, by the host that holds their container.", ["host"],
+         [([host or "unplaced"], float(n)) for host, n in sessions]),
+        ("isol8_open_streams", "Open SSE and WebSocket streams, by tenant.", ["tenant"], events.open_streams()),
+    ]

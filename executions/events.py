@@ -49,6 +49,7 @@ from django_eventstream.utils import sse_encode_event
 from django_eventstream.views import Listener, get_listener_manager
 
 from executions.models import FINISHED, Execution, Status
+from isol8_site import metrics
 from isol8_site.errors import QuotaExceeded
 from isol8_site.redis import get_events_redis
 from isol8_site.wire import EVENTS_NOTIFY_CHANNEL, EVENTS_PREFIX
@@ -584,6 +585,17 @@ return 1
 """
 
 
+def open_streams() -> list[tuple[list[str], float]]:
+    """([tenant], open streams) for every tenant with a stream slot taken now (GET /metrics)."""
+    client = get_events_redis()
+    now = time.time()
+    found = []
+    for key in client.scan_iter(match=STREAMS_KEY + "*", count=500):
+        name = key.decode() if isinstance(key, bytes) else str(key)
+        found.append(([name.removeprefix(STREAMS_KEY)], float(client.zcount(name, now, "+inf"))))
+    return found
+
+
 class StreamSlot:
     """One of a tenant's open streams (at most ISOL8_TENANT_MAX_STREAMS at once).
 
@@ -602,6 +614,7 @@ class StreamSlot:
             STREAM_SLOT, 1, self.key, time.time(), self.member, -1 if cap is None else cap, STREAM_SLOT_SECONDS
         )
         if not taken:
+            metrics.rejected(tenant=self.key.removeprefix(STREAMS_KEY), kind="streams")
             raise QuotaExceeded(f"Quota exceeded: at most {cap} open streams per tenant", retry_after=5)
 
     async def refresh(self) -> None:

@@ -9,6 +9,7 @@ through Redis as isol8_site/wire.py defines them; a refusal is a domain error
 
 from __future__ import annotations
 
+import datetime
 import json
 import logging
 import time
@@ -19,11 +20,12 @@ import redis
 from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
+from django.utils.dateparse import parse_datetime
 
 from executions import events
 from executions.models import FINISHED, Execution, Status
 from executions.results import result_json
-from isol8_site import dispatch, errors, wire
+from isol8_site import dispatch, errors, metrics, wire
 from isol8_site.errors import DomainError, InstallFailed, SetupFailed, Unavailable
 from isol8_site.redis import get_redis, retrying
 from sandbox.spec import ExecutionSpec, Limits, RunResult
@@ -90,6 +92,7 @@ def execution_start(
     except BaseException:
         quotas.release(tenant_slug=tenant.slug, execution_id=str(execution_id))
         raise
+    metrics.started(tenant=tenant.slug, runtime=spec.runtime)
     return execution
 
 
@@ -175,6 +178,7 @@ def execution_cancel(*, execution: Execution) -> Execution:
         quotas.release(tenant_slug=execution.tenant.slug, execution_id=str(execution.pk))
         _release_session(execution)
         execution.refresh_from_db()
+        _count_finished(execution)
         _announce_end(execution)
         return execution
     if execution.status == Status.RUNNING:
@@ -191,6 +195,7 @@ def execution_fail(*, execution_id: str, reason: str) -> bool:
     ).update(status=Status.ERROR, error=reason, finished_at=timezone.now())
     if updated:
         execution = Execution.objects.select_related("tenant").get(pk=execution_id)
+        _count_finished(execution)
         _release_session(execution)
         try:
             retrying(
@@ -201,6 +206,17 @@ def execution_fail(*, execution_id: str, reason: str) -> bool:
             logger.exception("releasing the quota of %s failed (its slot expires by itself)", execution_id)
         _announce_end(execution)
     return bool(updated)
+
+
+def _count_finished(execution: Execution) -> None:
+    finished_at = execution.finished_at or timezone.now()
+    metrics.finished(
+        tenant=execution.tenant.slug,
+        runtime=execution.runtime,
+        status=execution.status,
+        run_seconds=execution.duration_ms / 1000 if execution.duration_ms is not None else None,
+        total_seconds=(finished_at - execution.created_at).total_seconds() if execution.created_at else 0.0,
+    )
 
 
 def _release_session(execution: Execution) -> None:
@@ -258,7 +274,7 @@ def containers_cleanup(*, wait_seconds: float = 20.0) -> dict[str, int]:
 
 
 # What a worker reads of an execution it claims (the other fields stay deferred).
-CLAIM_FIELDS = ("tenant_id", "session_id", "runtime", "code", "cmd", "request", "limits", "streamed")
+CLAIM_FIELDS = ("tenant_id", "session_id", "runtime", "code", "cmd", "request", "limits", "streamed", "created_at")
 
 
 def execution_claim(*, execution_id: str) -> Execution | None:
@@ -300,12 +316,24 @@ def execution_claim(*, execution_id: str) -> Execution | None:
     for name in ("request", "limits"):
         json_field: Any = meta.get_field(name)
         loaded[name] = json_field.from_db_value(loaded[name], None, connection)
+    loaded["created_at"] = _db_datetime(loaded["created_at"])
     loaded.update(id=pk, status=Status.RUNNING, started_at=now, worker_host=host, streamed=bool(loaded["streamed"]))
     # from_db takes the loaded values in the model's field order.
     names = [f.attname for f in meta.concrete_fields if f.attname in loaded]
     execution = Execution.from_db(connection.alias, names, [loaded[n] for n in names])
     execution.tenant = Tenant.from_db(connection.alias, ["id", "slug"], [loaded["tenant_id"], slug])
+    if execution.created_at is not None:
+        metrics.claimed(runtime=execution.runtime, waited_seconds=(now - execution.created_at).total_seconds())
     return execution
+
+
+def _db_datetime(value: Any) -> Any:
+    """A datetime column as a raw RETURNING gives it: naive UTC (text or datetime) on SQLite, aware on PostgreSQL."""
+    if isinstance(value, str):
+        value = parse_datetime(value)
+    if isinstance(value, datetime.datetime) and timezone.is_naive(value):
+        value = timezone.make_aware(value, datetime.UTC)
+    return value
 
 
 def execution_spec(*, execution: Execution) -> tuple[ExecutionSpec, Limits]:
@@ -354,6 +382,7 @@ def execution_finish(*, execution: Execution, result: RunResult, live: events.Li
     if updated:
         for name, value in fields.items():
             setattr(execution, name, value)
+        _count_finished(execution)
     # (Not updated: the reaper or a cancel finished it first; their answer stands.)
     answer = answer_for(execution, result).encode() if updated and not execution.streamed else None
 

@@ -60,6 +60,15 @@ DATA_DIR = Path(env("ISOL8_DATA_DIR", str(BASE_DIR / "var")))
 DATA_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
 DATA_DIR.chmod(0o700)
 
+# Prometheus metrics (isol8_site/metrics.py): every process of this host keeps
+# its counters in files here, summed by GET /metrics. prometheus_client reads
+# the variable when it is first imported, which is after the settings.
+ISOL8_METRICS_DIR = env("ISOL8_METRICS_DIR", str(DATA_DIR / "metrics"))
+Path(ISOL8_METRICS_DIR).mkdir(mode=0o700, parents=True, exist_ok=True)
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = ISOL8_METRICS_DIR
+# A bearer token a Prometheus server scrapes /metrics with (the master key works too).
+ISOL8_METRICS_TOKEN = env("ISOL8_METRICS_TOKEN", "")
+
 
 def _persistent_secret(name: str) -> str:
     """A random secret generated once and kept in DATA_DIR.

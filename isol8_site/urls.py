@@ -14,6 +14,7 @@ handler500 = "isol8_site.errors.json_500"
 
 urlpatterns = [
     path("health", HealthApi.as_view()),
+    path("metrics", executions.MetricsApi.as_view()),
     path("execute", executions.ExecuteApi.as_view()),
     path("execute/stream", executions.ExecuteStreamApi.as_view()),
     path("executions", executions.ExecutionListApi.as_view()),

@@ -25,6 +25,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 from sandbox.containers import LABEL_POOL, LABEL_TENANT, Sandbox, create_sandbox
 from sandbox.errors import SandboxError
@@ -55,6 +56,9 @@ class SandboxPool:
         self.idle_seconds = idle_seconds
         self.prepare = prepare  # run on every new sandbox before its first use
         self._lock = threading.Lock()
+        # How acquire found its sandboxes, per runtime (or prebuilt image): the
+        # tenant's own reset one, a warm one, or none (a cold start).
+        self._found: dict[str, dict[str, int]] = {}
         self._wake = threading.Condition(self._lock)
         self._warm: dict[Key, deque[Sandbox]] = {}
         self._idle: dict[tuple[str, Key], deque[Sandbox]] = {}
@@ -92,12 +96,28 @@ class SandboxPool:
             ids |= {b.container_id for q in self._idle.values() for b in q}
         return ids
 
-    def stats(self) -> dict[str, int]:
+    def stats(self) -> dict[str, Any]:
+        """Sandboxes ready now (warm, idle for a tenant) and how acquire found them, in all and per runtime."""
         with self._lock:
+            runtimes: dict[str, dict[str, int]] = {}
+            for (image, _), queue in self._warm.items():
+                runtimes.setdefault(image, {}).setdefault("warm", 0)
+                runtimes[image]["warm"] += len(queue)
+            for (_, (image, _)), queue in self._idle.items():
+                runtimes.setdefault(image, {}).setdefault("idle", 0)
+                runtimes[image]["idle"] += len(queue)
+            for image, found in self._found.items():
+                runtimes.setdefault(image, {}).update(found)
             return {
                 "warm": sum(len(q) for q in self._warm.values()),
                 "idle": sum(len(q) for q in self._idle.values()),
+                "runtimes": runtimes,
             }
+
+    def _count(self, image: str, how: str) -> None:
+        """One acquire served ``how`` (idleHits, warmHits, misses); the caller holds the lock."""
+        found = self._found.setdefault(image, {"idleHits": 0, "warmHits": 0, "misses": 0})
+        found[how] += 1
 
     # ------------------------------------------------------------- acquire
 
@@ -114,6 +134,7 @@ class SandboxPool:
                     box = idle.pop()
                     if time.monotonic() - box.last_used < self.idle_seconds:
                         box.last_used = time.monotonic()
+                        self._count(key[0], "idleHits")
                         return box
                     self._janitor.submit(box.destroy)
                 remaining = deadline - time.monotonic()
@@ -125,7 +146,9 @@ class SandboxPool:
                 box = warm.popleft()
                 box.tenant = tenant
                 self._wake.notify_all()  # refill
+                self._count(key[0], "warmHits")
                 return box
+            self._count(key[0], "misses")
         # Nothing ready: start one now (the cold path, ~200-300 ms). It is kept for
         # this tenant's later runs, so it names the tenant, not this execution.
         box = create_sandbox(

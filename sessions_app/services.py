@@ -17,7 +17,7 @@ from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
-from isol8_site import dispatch, errors, wire
+from isol8_site import dispatch, errors, metrics, wire
 from isol8_site.errors import (
     QuotaExceeded,
     SessionBusy,
@@ -124,6 +124,7 @@ def _claim(session: Session, owner: uuid.UUID) -> None:
 
 def _session_create(*, tenant: Tenant, session_id: str, runtime: str, limits: Limits) -> Session:
     if tenant.max_sessions is not None and live_session_count(tenant=tenant) >= tenant.max_sessions:
+        metrics.rejected(tenant=tenant.slug, kind="sessions")
         raise QuotaExceeded(
             f"Quota exceeded: at most {tenant.max_sessions} live sessions; delete one first", retry_after=30
         )
@@ -150,11 +151,13 @@ def _check_session_resources(*, tenant: Tenant, limits: Limits) -> None:
         memory += float(held.get("memory", 0))
         cpus += float(held.get("cpu", 0))
     if tenant.max_session_memory is not None and memory > tenant.max_session_memory:
+        metrics.rejected(tenant=tenant.slug, kind="session_memory")
         raise QuotaExceeded(
             f"Quota exceeded: this tenant's live sessions may hold {tenant.max_session_memory} bytes of memory "
             "together; delete a session or ask for less memoryLimit", retry_after=30,
         )
     if tenant.max_session_cpus is not None and cpus > tenant.max_session_cpus:
+        metrics.rejected(tenant=tenant.slug, kind="session_cpus")
         raise QuotaExceeded(
             f"Quota exceeded: this tenant's live sessions may hold {tenant.max_session_cpus:g} CPUs together; "
             "delete a session or ask for a lower cpuLimit", retry_after=30,

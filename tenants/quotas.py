@@ -23,6 +23,7 @@ from typing import Any
 from django.conf import settings
 from django.utils import timezone
 
+from isol8_site import metrics
 from isol8_site.errors import QuotaExceeded, Unavailable
 from isol8_site.redis import get_redis, pipeline
 from isol8_site.wire import QUOTA_PREFIX
@@ -95,6 +96,7 @@ def acquire(*, tenant: Tenant, execution_id: str, hold_seconds: float) -> None:
         verdict, when = _wait_for_global_slot(tenant, execution_id, hold_seconds)
     if verdict == "ok":
         return
+    metrics.rejected(tenant=tenant.slug, kind=verdict if verdict in ("concurrency", "rate") else "monthly")
     now = time.time()
     if verdict == "concurrency":
         raise quota_exceeded(
@@ -135,6 +137,7 @@ def _wait_for_global_slot(tenant: Tenant, execution_id: str, hold_seconds: float
     r.expire(_cluster_key("waiting"), int(settings.ISOL8_QUEUE_TIMEOUT) + 60)
     try:
         if position > settings.ISOL8_MAX_QUEUE_DEPTH:
+            metrics.rejected(tenant=tenant.slug, kind="queue_full")
             raise Unavailable("The service is at capacity and its queue is full; try again shortly")
         deadline = time.monotonic() + settings.ISOL8_QUEUE_TIMEOUT
         while time.monotonic() < deadline:
@@ -142,6 +145,7 @@ def _wait_for_global_slot(tenant: Tenant, execution_id: str, hold_seconds: float
             verdict, when = _try_acquire(tenant, execution_id, hold_seconds)
             if verdict != "global":
                 return verdict, when
+        metrics.rejected(tenant=tenant.slug, kind="queue_timeout")
         raise Unavailable("The service is at capacity (maxConcurrent); try again shortly")
     finally:
         r.decr(_cluster_key("waiting"))

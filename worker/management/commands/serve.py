@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from django.conf import settings
@@ -73,6 +74,9 @@ class Command(BaseCommand):
             raise CommandError(f"building prebuiltImages failed: {exc}") from exc
         call_command("migrate", interactive=False, verbosity=0)
         tenant_ensure_default()
+        # The metrics files of earlier processes (their pids are gone) start over.
+        for stale in Path(settings.ISOL8_METRICS_DIR).glob("*.db"):
+            stale.unlink(missing_ok=True)
 
         python = sys.executable
         host = settings.ISOL8_WORKER_HOST
