@@ -25,7 +25,7 @@ from django.utils.dateparse import parse_datetime
 from executions import events
 from executions.models import FINISHED, Execution, Status
 from executions.results import result_json
-from isol8_site import dispatch, errors, metrics, wire
+from isol8_site import dispatch, errors, logs, metrics, wire
 from isol8_site.errors import DomainError, InstallFailed, SetupFailed, Unavailable
 from isol8_site.redis import get_redis, retrying
 from sandbox.spec import ExecutionSpec, Limits, RunResult
@@ -86,6 +86,8 @@ def execution_start(
             if spec.secrets:
                 ttl = int(settings.ISOL8_QUEUE_TIMEOUT + 60)
                 get_redis().set(wire.secrets_key(execution.pk), json.dumps(spec.secrets), ex=ttl)
+            logs.execution_step("received", execution_id=execution.pk, tenant=tenant.slug, runtime=spec.runtime,
+                                session=session_id or None, streamed=streamed)
             # A session's runs go to the worker that holds its container.
             queue = dispatch.host_queue(session.worker_host) if session is not None and session.worker_host else None
             _enqueue(execution, queue)
@@ -100,6 +102,9 @@ def _enqueue(execution: Execution, queue: str | None) -> None:
     """Hand the execution to a worker once the row is committed."""
 
     def send() -> None:
+        # Logged first: the worker may claim it before send() returns.
+        logs.execution_step("queued", execution_id=execution.pk, tenant=execution.tenant.slug,
+                            runtime=execution.runtime, queue=queue or "shared")
         try:
             dispatch.send(dispatch.RUN_EXECUTION, str(execution.pk), queue=queue)
         except Exception:
@@ -209,13 +214,20 @@ def execution_fail(*, execution_id: str, reason: str) -> bool:
 
 
 def _count_finished(execution: Execution) -> None:
+    """The metrics and the log line of an execution that reached its final status."""
     finished_at = execution.finished_at or timezone.now()
+    total = (finished_at - execution.created_at).total_seconds() if execution.created_at else 0.0
     metrics.finished(
         tenant=execution.tenant.slug,
         runtime=execution.runtime,
         status=execution.status,
         run_seconds=execution.duration_ms / 1000 if execution.duration_ms is not None else None,
-        total_seconds=(finished_at - execution.created_at).total_seconds() if execution.created_at else 0.0,
+        total_seconds=total,
+    )
+    logs.execution_step(
+        "finished", execution_id=execution.pk, tenant=execution.tenant.slug, runtime=execution.runtime,
+        status=execution.status, exit_code=execution.exit_code, duration_ms=execution.duration_ms,
+        total_ms=round(total * 1000, 1),
     )
 
 
@@ -322,8 +334,10 @@ def execution_claim(*, execution_id: str) -> Execution | None:
     names = [f.attname for f in meta.concrete_fields if f.attname in loaded]
     execution = Execution.from_db(connection.alias, names, [loaded[n] for n in names])
     execution.tenant = Tenant.from_db(connection.alias, ["id", "slug"], [loaded["tenant_id"], slug])
-    if execution.created_at is not None:
-        metrics.claimed(runtime=execution.runtime, waited_seconds=(now - execution.created_at).total_seconds())
+    waited = (now - execution.created_at).total_seconds() if execution.created_at is not None else 0.0
+    metrics.claimed(runtime=execution.runtime, waited_seconds=waited)
+    logs.execution_step("started", execution_id=pk, tenant=slug, runtime=execution.runtime, worker_host=host,
+                        queue_wait_ms=round(waited * 1000, 1))
     return execution
 
 

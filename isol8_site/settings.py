@@ -110,6 +110,8 @@ INSTALLED_APPS = [
 
 # Body limits are enforced before Django reads a body (isol8_site/bodyguard.py).
 MIDDLEWARE = [
+    # X-Request-Id and the JSON line of each request (isol8_site/logs.py).
+    "isol8_site.logs.RequestIdMiddleware",
     "django.middleware.security.SecurityMiddleware",
     # Static files (the admin's CSS and JS) straight from the web process,
     # compressed and with content-hashed names cached for a year.
@@ -432,8 +434,23 @@ SANDBOX = SandboxConfig(
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"},
+        # isol8_site/logs.py: one JSON object per line, its fields at the top level.
+        "json": {
+            "()": "pythonjsonlogger.json.JsonFormatter",
+            "fmt": "%(asctime)s %(levelname)s %(name)s %(message)s",
+            "rename_fields": {"asctime": "time", "levelname": "level", "name": "logger", "message": "event"},
+        },
+    },
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": "plain"},
+        "json": {"class": "logging.StreamHandler", "formatter": "json"},
+    },
     "root": {"handlers": ["console"], "level": env("ISOL8_LOG_LEVEL", "INFO")},
-    "loggers": {"django.db.backends": {"level": "WARNING"}},
+    "loggers": {
+        "django.db.backends": {"level": "WARNING"},
+        "isol8.request": {"handlers": ["json"], "level": "INFO", "propagate": False},
+        "isol8.execution": {"handlers": ["json"], "level": "INFO", "propagate": False},
+    },
 }

@@ -46,3 +46,34 @@ def test_counters_from_every_process_add_up(stack, api, tenant):
     while value(scrape(stack), "isol8_pool_acquires", runtime="bash") < runs + 1 and time.monotonic() < deadline:
         time.sleep(0.2)
     assert value(scrape(stack), "isol8_pool_acquires", runtime="bash") >= runs + 1
+
+
+def json_lines(path) -> list[dict]:
+    import json
+
+    found = []
+    for line in path.read_text(errors="replace").splitlines():
+        if line.startswith("{"):
+            found.append(json.loads(line))
+    return found
+
+
+def test_web_and_worker_log_one_json_line_per_request_and_step(stack, api, tenant):
+    response = api.post("/execute", json={"request": {"runtime": "bash", "code": "echo logged"}},
+                        headers={"X-Request-Id": "stack-req-1"})
+    assert response.status_code == 200 and response.headers["X-Request-Id"] == "stack-req-1"
+    execution_id = response.json()["executionId"]
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        web = json_lines(stack.log_dir / f"web-{stack.mode}.log")
+        worker = json_lines(stack.log_dir / f"worker-{stack.mode}.log")
+        steps = {line["step"] for line in web + worker if line.get("execution_id") == execution_id}
+        if steps == {"received", "queued", "started", "finished"}:
+            break
+        time.sleep(0.2)
+    assert steps == {"received", "queued", "started", "finished"}, steps
+    requests = [line for line in web if line.get("request_id") == "stack-req-1" and line["event"] == "request"]
+    assert requests and requests[0]["path"] == "/execute" and requests[0]["status"] == 200
+    assert requests[0]["tenant"] == tenant.slug
+    finished = next(line for line in worker if line.get("execution_id") == execution_id and line["step"] == "finished")
+    assert finished["status"] == "ok" and finished["tenant"] == tenant.slug
