@@ -82,7 +82,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="few runs: a smoke test of the suite")
     parser.add_argument("--scrape-every", type=float, default=0,
                         help="scrape GET /metrics this often (seconds) while measuring, as Prometheus would "
-                             "(needs the master key; default off)")
+                             "(default off)")
+    parser.add_argument("--metrics-token", help="token or master key to scrape --url's /metrics with")
     parser.add_argument("--url", help="benchmark this running server instead of starting one")
     parser.add_argument("--key", help="API key for --url (its tenant's quotas must not limit the runs)")
     parser.add_argument("--redis-url", default=DEFAULT_REDIS_URL,
@@ -240,7 +241,8 @@ def run_benchmark(
             url, key = stack.url, stack.key
         facts = machine_facts(mode=args.mode, url=args.url)
         results = []
-        with Scraper(url, key, every=args.scrape_every) as scraper:
+        scrape_token = args.metrics_token if args.url else env.overrides["ISOL8_METRICS_TOKEN"]
+        with Scraper(url, scrape_token or key, every=args.scrape_every) as scraper:
             for runtime in args.runtimes:
                 try:
                     results.append(measure_runtime(PROGRAMS[runtime], plan, url, key, env))

@@ -10,6 +10,7 @@ test run on the same machine.
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -78,6 +79,8 @@ def bench_env(*, mode: str, redis_url: str, events_redis_url: str) -> BenchEnv:
         "ISOL8_RUN_QUEUE": f"isol8.run.{host}",
         "ISOL8_SANDBOX_MODE": mode,
         "PYTHONUNBUFFERED": "1",
+        # What --scrape-every scrapes GET /metrics with.
+        "ISOL8_METRICS_TOKEN": secrets.token_hex(16),
     }
     return BenchEnv(host=host, data_dir=data_dir, overrides=overrides)
 
