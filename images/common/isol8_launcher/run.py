@@ -281,10 +281,10 @@ class Runner:
             proc = self.spawn(argv, env, cwd, prepare, tty) if tty is not None else self.spawn(argv, env, cwd, prepare)
             reap = lambda: os.waitpid(proc.pid, 0)[1]  # noqa: E731
         pump = OutputPump(self.writer, kinds, limits.max_output)
-        run = ProgramRun(self, proc, reap, pump, stdin=stdin, limits=limits, started=started)
-        run.interactive = code and limits.interactive
-        run.tty = tty is not None
-        return run.run()
+        return ProgramRun(
+            self, proc, reap, pump, stdin=stdin, limits=limits, started=started,
+            interactive=code and limits.interactive, tty=tty is not None,
+        ).run()
 
 
 INPUT_OPS = ("stdin", "signal", "resize")  # an interactive run's live messages
@@ -316,6 +316,8 @@ class ProgramRun:
         stdin: bytes,
         limits: RunLimits,
         started: float,
+        interactive: bool = False,
+        tty: bool = False,
     ) -> None:
         self.runner = runner
         self.proc = proc
@@ -329,8 +331,8 @@ class ProgramRun:
         self.sel = selectors.DefaultSelector()
         self.in_w = proc.stdin
         self.stdin_buf = bytearray(stdin)
-        self.interactive = False  # stdin stays open for stdin messages, until their eof
-        self.tty = False  # stdin and stdout are the master side of the program's terminal
+        self.interactive = interactive  # stdin stays open for stdin messages, until their eof
+        self.tty = tty  # stdin and stdout are the master side of the program's terminal
         self.stdin_eof = False  # an interactive run's eof came (its stdin closes once written)
         self.credit_due = 0  # stdin bytes the program took that the worker has not heard of
         # The request's own stdin (and a terminal's Ctrl-Ds) never counted in the worker's window.
