@@ -19,6 +19,7 @@ import secrets
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import cache
@@ -291,6 +292,21 @@ class ExecTransport:
 
 # ------------------------------------------------------------------- sandboxes
 
+# The containers this process holds: every Sandbox object alive here (weakly,
+# so one dropped without destroy() is an orphan again) and those being created
+# right now. The orphan sweep never removes these, however old they are: a
+# warm sandbox on its way from the pool to a run, one being reset, a package
+# install that takes minutes.
+_held: weakref.WeakValueDictionary[str, Sandbox] = weakref.WeakValueDictionary()
+_creating: set[str] = set()
+_held_lock = threading.Lock()
+
+
+def held_container_ids() -> set[str]:
+    """Containers a live Sandbox object of this process holds, or that are being created."""
+    with _held_lock:
+        return set(_held.keys()) | _creating
+
 
 @dataclass
 class Sandbox:
@@ -313,6 +329,10 @@ class Sandbox:
     installed: set[str] = field(default_factory=set)  # package sets unpacked (sessions)
     # Held by whoever talks to the launcher of a session's sandbox (a run or a file operation).
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        with _held_lock:
+            _held[self.container_id] = self
 
     def call(
         self, request: dict[str, Any], timeout: float, on_sent: Callable[[], None] | None = None
@@ -394,6 +414,8 @@ class Sandbox:
         self.transport.close()
         dockerapi.remove_container(self.container_id)
         uids().release(self.uid)
+        with _held_lock:
+            _held.pop(self.container_id, None)
 
 
 def create_sandbox(
@@ -422,6 +444,8 @@ def create_sandbox(
     except SandboxError:
         uids().release(uid)
         raise
+    with _held_lock:
+        _creating.add(container_id)
     try:
         transport: LauncherTransport | ExecTransport
         if mode == "launcher":
@@ -431,14 +455,17 @@ def create_sandbox(
         else:
             dockerapi.start_container(container_id)
             transport = ExecTransport(container_id, uid)
+        return Sandbox(
+            container_id=container_id, runtime=runtime, limits=limits, mode=mode, transport=transport,
+            image=image, uid=uid,
+        )
     except SandboxError:
         dockerapi.remove_container(container_id)
         uids().release(uid)
         raise
-    return Sandbox(
-        container_id=container_id, runtime=runtime, limits=limits, mode=mode, transport=transport, image=image,
-        uid=uid,
-    )
+    finally:
+        with _held_lock:
+            _creating.discard(container_id)
 
 
 def adopt_sandbox(*, container_id: str, runtime: str, limits: Limits) -> Sandbox | None:

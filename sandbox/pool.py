@@ -11,7 +11,8 @@ Lifecycle rules (sandbox.md) this module enforces:
 * A run that timed out, was OOM-killed, exhausted its pids, or left the
   launcher's stream in doubt destroys its container (rule 3).
 * Containers are labelled with this worker's host so the reaper can find
-  orphans (rule 8).
+  orphans (rule 8); while a Sandbox object of this process holds one, the
+  sweep spares it (sandbox.containers.held_container_ids).
 
 One pool lives in each worker process; a background thread keeps ``size``
 containers per runtime started for the default limits.
@@ -89,12 +90,6 @@ class SandboxPool:
         for box in boxes:
             box.destroy()
         self._janitor.shutdown(wait=True)
-
-    def owned_container_ids(self) -> set[str]:
-        with self._lock:
-            ids = {b.container_id for q in self._warm.values() for b in q}
-            ids |= {b.container_id for q in self._idle.values() for b in q}
-        return ids
 
     def stats(self) -> dict[str, Any]:
         """Sandboxes ready now (warm, idle for a tenant) and how acquire found them, in all and per runtime."""

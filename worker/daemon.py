@@ -13,6 +13,7 @@ import logging
 import sys
 import threading
 import time
+from collections.abc import Callable
 
 from django.conf import settings
 from django.db import connections
@@ -64,7 +65,7 @@ class Worker:
         for exec_id in lost.values_list("pk", flat=True):
             services.execution_fail(execution_id=str(exec_id), reason=events.WORKER_STOPPED)
         containers.uids().check_host_accounts()
-        remove_orphans(keep=self.sessions.container_ids(mark_missing_dead=True))
+        remove_orphans(keep=lambda: self.sessions.container_ids(mark_missing_dead=True))
         containers.sync_uids()
         self.heartbeat()
         self.pool.start()
@@ -85,17 +86,18 @@ class Worker:
         self.cancel_all()
         self.pool.close()
         wire.forget(self.host)
-        remove_orphans(keep=self.sessions.container_ids(), proxies=True)
+        remove_orphans(keep=self.sessions.container_ids, proxies=True)
 
     def heartbeat(self) -> None:
         wire.beat(self.host, {"docker": containers.docker_ping(), **self.pool.stats()})
 
     def owned_container_ids(self) -> set[str]:
-        return self.runner.busy_container_ids() | self.pool.owned_container_ids() | self.sessions.container_ids()
+        """Containers this worker holds (warm, lent to a run, being reset or created) and its sessions' ones."""
+        return containers.held_container_ids() | self.sessions.container_ids()
 
     def remove_orphans_now(self) -> int:
         """POST /cleanup: this host's leaked containers (young ones may be starting a run: spared)."""
-        return remove_orphans(keep=self.owned_container_ids(), min_age=settings.ISOL8_ORPHAN_MIN_AGE)
+        return remove_orphans(keep=self.owned_container_ids, min_age=settings.ISOL8_ORPHAN_MIN_AGE)
 
     # ---------------------------------------------------------------- loops
 
@@ -140,16 +142,22 @@ class Worker:
                 time.sleep(1.0)
 
 
-def remove_orphans(*, keep: set[str], min_age: float = 0.0, proxies: bool = False) -> int:
-    """Remove this host's containers that no live run, pool or session owns; how many went."""
+def remove_orphans(*, keep: Callable[[], set[str]], min_age: float = 0.0, proxies: bool = False) -> int:
+    """Remove this host's containers that no live run, pool or session owns; how many went.
+
+    ``keep`` is asked after the listing: a container listed is either owned by
+    then or an orphan (or so young that ``min_age`` spares it), whatever
+    changed hands in between.
+    """
     removed = 0
     try:
         managed = containers.list_managed(host=settings.SANDBOX.host)
     except Exception as exc:  # noqa: BLE001 - Docker down: nothing to remove now
         logger.warning("cannot list containers: %s", exc)
         return 0
+    kept = keep()
     for container in managed:
-        if container.id in keep or time.time() - container.created < min_age:
+        if container.id in kept or time.time() - container.created < min_age:
             continue
         if container.labels.get(LABEL_ROLE) == PROXY_ROLE and not proxies:
             continue  # this host's shared egress proxy: removed only when the worker stops

@@ -39,7 +39,6 @@ class Runner:
         self.pool = pool
         self.sessions = sessions
         self._handles: dict[str, RunHandle] = {}
-        self._busy: dict[str, Sandbox] = {}  # sandboxes lent to runs in progress
         self._lock = threading.Lock()
 
     def cancel(self, execution_id: str) -> None:
@@ -53,10 +52,6 @@ class Runner:
             handles = list(self._handles.values())
         for handle in handles:
             handle.cancel()
-
-    def busy_container_ids(self) -> set[str]:
-        with self._lock:
-            return {box.container_id for box in self._busy.values()}
 
     def run(self, execution_id: str) -> None:
         """Run one queued execution end to end (the body of the Celery task)."""
@@ -92,21 +87,17 @@ class Runner:
         finally:
             with self._lock:
                 self._handles.pop(execution_id, None)
-                self._busy.pop(execution_id, None)
             if box is not None:
                 self.pool.release(box, reusable=not box.broken)
 
     def _acquire(self, execution: Execution, spec: ExecutionSpec, limits: Limits) -> Sandbox:
         prebuilt = covering_image(runtime=spec.runtime, packages=spec.install_packages)
-        box = self.pool.acquire(
+        return self.pool.acquire(
             tenant=execution.tenant.slug,
             runtime=spec.runtime,
             limits=limits,
             image=prebuilt.tag if prebuilt else None,
         )
-        with self._lock:
-            self._busy[str(execution.pk)] = box
-        return box
 
     def _run_in_session(
         self,

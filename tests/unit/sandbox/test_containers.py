@@ -74,3 +74,54 @@ def test_a_uid_range_overlapping_a_host_account_is_refused(tmp_path: Path):
     with pytest.raises(SandboxError, match="bob"):
         UidAllocator(5000, 10).check_host_accounts(passwd)
     UidAllocator(6000, 10).check_host_accounts(passwd)  # no overlap: fine
+
+
+class FakeAttach:
+    """Stands in for LauncherTransport: no socket."""
+
+    def __init__(self, container_id: str) -> None:
+        self.container_id = container_id
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.fixture
+def fake_engine(engine, monkeypatch):
+    """Docker calls recorded; start_container notes what the sweep would spare at that moment."""
+    calls: dict[str, Any] = {"removed": [], "held_at_start": None, "start_fails": False}
+
+    def start(container_id: str) -> None:
+        calls["held_at_start"] = containers.held_container_ids()
+        if calls["start_fails"]:
+            raise SandboxError("the Docker engine refused to start a container")
+
+    monkeypatch.setattr(containers.dockerapi, "create_container", lambda config: "fresh-1")
+    monkeypatch.setattr(containers.dockerapi, "start_container", start)
+    monkeypatch.setattr(containers.dockerapi, "remove_container", calls["removed"].append)
+    monkeypatch.setattr(containers, "LauncherTransport", FakeAttach)
+    return calls
+
+
+def test_a_container_is_held_from_its_creation_until_destroyed(fake_engine):
+    box = containers.create_sandbox(runtime="python", limits=LIMITS, labels={})
+    assert "fresh-1" in fake_engine["held_at_start"]  # created, not started: already spared
+    assert "fresh-1" in containers.held_container_ids()
+    box.destroy()
+    assert fake_engine["removed"] == ["fresh-1"] and "fresh-1" not in containers.held_container_ids()
+
+
+def test_a_sandbox_dropped_without_destroy_is_an_orphan_again(fake_engine):
+    import gc
+
+    box = containers.create_sandbox(runtime="python", limits=LIMITS, labels={})
+    del box
+    gc.collect()
+    assert "fresh-1" not in containers.held_container_ids()
+
+
+def test_a_container_that_fails_to_start_is_removed_and_not_held(fake_engine):
+    fake_engine["start_fails"] = True
+    with pytest.raises(SandboxError):
+        containers.create_sandbox(runtime="python", limits=LIMITS, labels={})
+    assert fake_engine["removed"] == ["fresh-1"] and "fresh-1" not in containers.held_container_ids()
