@@ -14,6 +14,7 @@ import signal
 import sqlite3
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -289,3 +290,22 @@ def test_fault_suite_hundreds_of_runs_through_crashes_restarts_drops_and_fork_bo
             cleanup = client.post("/cleanup").json()
         assert cleanup["containers"]["removed"] == 0, cleanup  # no container that nothing owns
         print(f"\nfault suite: {total} executions, {len(outcomes)} whole and {len(all_followers)} streamed")
+
+
+# ---------------------------------------------------------------- orphan sweep under load
+
+
+def test_a_sweep_every_tenth_of_a_second_never_takes_a_sandbox_in_use(stack, tmp_path):
+    """Warm sandboxes change hands (pool -> run -> reset -> pool) all the time; the sweep must never see one unowned."""
+    with private_cluster(tmp_path, stack.env, ISOL8_REAPER_SECONDS="0.1", ISOL8_ORPHAN_MIN_AGE="0.5") as cluster:
+        def one(n: int) -> tuple[int, dict[str, Any]]:
+            with cluster.client() as client:
+                response = client.post("/execute", json={"request": {"runtime": "python", "code": f"print({n})"}})
+            return response.status_code, response.json()
+
+        with ThreadPoolExecutor(max_workers=12) as threads:
+            answers = list(threads.map(one, range(120)))
+        wrong = [(n, status, body) for n, (status, body) in enumerate(answers)
+                 if status != 200 or body.get("stdout", "").strip() != str(n) or body.get("exitCode") != 0]
+        assert wrong == [], wrong[:3]
+        assert "the container is gone" not in cluster.log.read_text(errors="replace")
