@@ -29,6 +29,7 @@ lint:
 	.venv/bin/ruff check .
 	.venv/bin/mypy .
 	PYTHONPATH=. .venv/bin/lint-imports
+	$(PY) manage.py spectacular --validate --fail-on-warn --file /dev/null
 
 bench:
 	$(PY) bench/run.py

@@ -12,6 +12,8 @@ from django.conf import settings
 from django.db.models import Count
 from django.http import HttpResponse, StreamingHttpResponse
 from django.utils.dateparse import parse_datetime
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, inline_serializer
 from prometheus_client import CONTENT_TYPE_LATEST
 from rest_framework import serializers
 from rest_framework.request import Request
@@ -22,11 +24,18 @@ from executions import events, selectors, services
 from executions.models import FINISHED, Execution, Status
 from executions.policy import check_installs_allowed, resolve_limits, validate_packages
 from executions.results import history_record
-from executions.serializers import ExecuteSerializer, execute_body
+from executions.serializers import (
+    ExecuteSerializer,
+    ExecutionResultSerializer,
+    HistoryPageSerializer,
+    HistoryRecordSerializer,
+    execute_body,
+)
 from isol8_site import metrics, wire
 from isol8_site.config import shown
 from isol8_site.errors import Forbidden, not_found, validation_error
 from isol8_site.negotiation import EventStreamNegotiation
+from isol8_site.openapi import AUTH, BODY, SSE_EXTENSION, errors
 from sandbox.spec import ExecutionSpec
 from sessions_app.models import Session
 from sessions_app.services import sessions_stop_idle
@@ -85,9 +94,25 @@ class ExecuteBase(APIView):
         return start_execution(principal_of(request), request.data, streamed=self.streamed)
 
 
+# Everything an execute body can be refused for, before or while it runs.
+EXECUTE_ERRORS = errors(*AUTH, *BODY, 409, 422, 503)
+SHORTHAND = (
+    "The request fields may also be sent at the top level (`{\"runtime\": \"python\", \"code\": ...}`, the form "
+    "of isol8's documented curl); both forms at once are 400."
+)
+
+
 class ExecuteApi(ExecuteBase):
     """POST /execute: run and wait for the result."""
 
+    @extend_schema(
+        operation_id="execute",
+        summary="Run code and wait for its result",
+        description="User code that fails, times out, is OOM-killed or floods its output is a 200 with the "
+        "result, not an HTTP error. " + SHORTHAND,
+        request=ExecuteSerializer,
+        responses={200: ExecutionResultSerializer, **EXECUTE_ERRORS},
+    )
     def post(self, request: Request) -> HttpResponse:
         execution = self.start(request)
         # The worker's JSON goes out as it came (no decode and re-encode); a
@@ -102,6 +127,16 @@ class ExecuteStreamApi(ExecuteBase):
     streamed = True
     content_negotiation_class = EventStreamNegotiation
 
+    @extend_schema(
+        operation_id="execute_stream",
+        summary="Run code and stream its output (SSE)",
+        description="Answers `text/event-stream` (header `X-Execution-Id`) from the first event; a request "
+        "refused before the stream starts gets the JSON error of POST /execute. " + SHORTHAND,
+        request=ExecuteSerializer,
+        responses={200: OpenApiResponse(OpenApiTypes.STR, description="The event stream"),
+                   **EXECUTE_ERRORS, **errors(406)},
+        extensions={SSE_EXTENSION: True},
+    )
     def post(self, request: Request) -> StreamingHttpResponse:
         slot = events.StreamSlot(principal_of(request).tenant.slug)
         slot.acquire()
@@ -118,13 +153,21 @@ class ExecutionListApi(APIView):
     """GET /executions: this tenant's history, newest first, with filters."""
 
     class FilterSerializer(serializers.Serializer):
-        status = serializers.ChoiceField(choices=Status.choices, required=False)
-        runtime = serializers.CharField(required=False)
-        sessionId = serializers.CharField(required=False)
-        since = serializers.CharField(required=False)
-        until = serializers.CharField(required=False)
-        before = serializers.CharField(required=False)  # cursor: the last id of the previous page
+        status = serializers.ChoiceField(choices=Status.choices, required=False, allow_blank=True)
+        # An empty parameter filters nothing (as if it were absent).
+        runtime = serializers.CharField(required=False, allow_blank=True)
+        sessionId = serializers.CharField(required=False, allow_blank=True)
+        since = serializers.CharField(required=False, allow_blank=True, help_text="ISO-8601 date-time")
+        until = serializers.CharField(required=False, allow_blank=True, help_text="ISO-8601 date-time")
+        before = serializers.CharField(required=False, allow_blank=True,
+                                       help_text="Cursor: the last id of the previous page (see `next`)")
 
+    @extend_schema(
+        operation_id="executions_list",
+        summary="This tenant's history, newest first",
+        parameters=[FilterSerializer],
+        responses={200: HistoryPageSerializer, **errors(*AUTH, 400)},
+    )
     def get(self, request: Request) -> Response:
         principal = principal_of(request)
         filters = self.FilterSerializer(data=request.query_params)
@@ -170,6 +213,11 @@ def _parse_time(value: str | None, name: str) -> Any:
 class ExecutionDetailApi(APIView):
     """GET /executions/{id}: one of this tenant's executions."""
 
+    @extend_schema(
+        operation_id="execution_get",
+        summary="One execution of this tenant",
+        responses={200: HistoryRecordSerializer, **errors(*AUTH, 404)},
+    )
     def get(self, request: Request, execution_id: str) -> Response:
         principal = principal_of(request)
         execution = selectors.execution_get(tenant=principal.tenant, execution_id=execution_id)
@@ -192,6 +240,20 @@ class ExecutionEventsApi(APIView):
     def token_scope(execution_id: str) -> str:
         return execution_scope(execution_id)
 
+    @extend_schema(
+        operation_id="execution_events",
+        summary="The execution's event stream, resumable",
+        description="Replays from the first event, or after `Last-Event-ID` (header) / `lastEventId`; ends "
+        "right after `exit`. A browser authenticates with `?token=` from POST /executions/{id}/token.",
+        parameters=[
+            OpenApiParameter("token", str, description="A stream token for this execution (instead of a key)"),
+            OpenApiParameter("lastEventId", str, description="Resume after this event id"),
+            OpenApiParameter("Last-Event-ID", str, OpenApiParameter.HEADER, description="Resume after this event id"),
+        ],
+        responses={200: OpenApiResponse(OpenApiTypes.STR, description="The event stream"),
+                   **errors(*AUTH, 400, 404, 406)},
+        extensions={SSE_EXTENSION: True},
+    )
     def get(self, request: Request, execution_id: str) -> StreamingHttpResponse:
         principal = principal_of(request)
         execution = selectors.execution_get(tenant=principal.tenant, execution_id=execution_id)
@@ -207,6 +269,19 @@ class ExecutionEventsApi(APIView):
 class ExecutionTokenApi(APIView):
     """POST /executions/{id}/token: a short-lived token to read this execution's stream from a browser."""
 
+    @extend_schema(
+        operation_id="execution_token",
+        summary="A short-lived token to read the stream from a browser",
+        request=None,
+        responses={
+            200: inline_serializer("StreamToken", {
+                "token": serializers.CharField(),
+                "expiresAt": serializers.DateTimeField(),
+                "eventsUrl": serializers.CharField(help_text="GET it with EventSource: no header needed"),
+            }),
+            **errors(*AUTH, 404),
+        },
+    )
     def post(self, request: Request, execution_id: str) -> Response:
         principal = principal_of(request)
         execution = selectors.execution_get(tenant=principal.tenant, execution_id=execution_id)
@@ -226,6 +301,20 @@ class ExecutionTokenApi(APIView):
 class ExecutionCancelApi(APIView):
     """POST /executions/{id}/cancel: kill a queued or running execution."""
 
+    @extend_schema(
+        operation_id="execution_cancel",
+        summary="Kill a queued or running execution",
+        description="`ok` is false when it had already finished (`status` says how).",
+        request=None,
+        responses={
+            200: inline_serializer("CancelAnswer", {
+                "ok": serializers.BooleanField(),
+                "status": serializers.ChoiceField(choices=Status.choices),
+                "executionId": serializers.UUIDField(),
+            }),
+            **errors(*AUTH, 404, 503),
+        },
+    )
     def post(self, request: Request, execution_id: str) -> Response:
         principal = principal_of(request)
         execution = selectors.execution_get(tenant=principal.tenant, execution_id=execution_id)
@@ -242,6 +331,23 @@ class CleanupApi(APIView):
 
     permission_classes = [IsMaster]
 
+    @extend_schema(
+        operation_id="cleanup",
+        summary="Stop idle sessions, remove leaked sandbox containers (master key)",
+        request=None,
+        responses={
+            200: inline_serializer("CleanupAnswer", {
+                "ok": serializers.BooleanField(),
+                "sessions": inline_serializer("CleanupSessions", {"removed": serializers.IntegerField()}),
+                "containers": inline_serializer("CleanupContainers", {
+                    "removed": serializers.IntegerField(),
+                    "workers": serializers.IntegerField(help_text="Workers asked"),
+                    "unanswered": serializers.IntegerField(help_text="Workers that did not answer in time"),
+                }),
+            }),
+            **errors(*AUTH, 503),
+        },
+    )
     def post(self, request: Request) -> Response:
         sessions = sessions_stop_idle()
         containers = services.containers_cleanup()
@@ -254,6 +360,14 @@ class MetricsApi(APIView):
     authentication_classes: list[Any] = []
     permission_classes: list[Any] = []
 
+    @extend_schema(
+        operation_id="metrics",
+        summary="Prometheus metrics (master key or ISOL8_METRICS_TOKEN)",
+        responses={
+            (200, "text/plain"): OpenApiResponse(OpenApiTypes.STR, description="Prometheus text format 0.0.4"),
+            **errors(*AUTH),
+        },
+    )
     def get(self, request: Request) -> HttpResponse:
         token = parse_authorization(request.META.get("HTTP_AUTHORIZATION", ""))
         expected = settings.ISOL8_METRICS_TOKEN

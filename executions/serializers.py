@@ -11,13 +11,15 @@ import re
 from typing import Any
 
 from django.conf import settings
+from drf_spectacular.utils import extend_schema_field, extend_schema_serializer
 from rest_framework import serializers
 
+from executions.models import Status
 from isol8_site.config import ConfigError, parse_size
 from isol8_site.errors import PolicyDenied, ValidationFailed, validation_error
 from isol8_site.serializers import Boolean, Integer, Number, StrictSerializer, Text, check_sandbox_path
 from sandbox.spec import NETWORK_MODES
-from sessions_app.models import SESSION_ID
+from sessions_app.serializers import SessionIdField
 
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 EXTENSION = re.compile(r"^\.[A-Za-z0-9]{1,16}$")
@@ -25,10 +27,19 @@ MAX_FILES = 100
 MAX_INT = 2**31 - 1
 
 
+@extend_schema_field({"type": "string", "enum": list(settings.ISOL8_RUNTIMES)})
+class RuntimeField(Text):
+    """A runtime's name: checked in validate_runtime (code unsupported_runtime), documented as the list."""
+
+
+@extend_schema_serializer(component_name="ExecutionRequest")
 class RequestSerializer(StrictSerializer):
     """isol8's ExecutionRequest."""
 
-    runtime = Text()
+    # Exactly one source of code (validate): blank counts as absent, codeUrl is refused (403).
+    openapi_extra = {"oneOf": [{"required": ["code"]}, {"required": ["cmd"]}, {"required": ["codeUrl"]}]}
+
+    runtime = RuntimeField()
     code = Text(required=False, allow_blank=True, trim_whitespace=False)
     cmd = Text(required=False, allow_blank=True, trim_whitespace=False)
     codeUrl = Text(required=False, allow_blank=True)
@@ -100,6 +111,7 @@ class RequestSerializer(StrictSerializer):
         return attrs
 
 
+@extend_schema_serializer(component_name="Isol8Options")
 class OptionsSerializer(StrictSerializer):
     """The subset of isol8's Isol8Options a client may set."""
 
@@ -111,12 +123,12 @@ class OptionsSerializer(StrictSerializer):
     )
 
     timeoutMs = Integer(required=False, min_value=1, max_value=MAX_INT)
-    memoryLimit = serializers.JSONField(required=False)
+    memoryLimit = serializers.JSONField(required=False, help_text='Bytes, or a size such as "512m" or "2g".')
     cpuLimit = Number(required=False, min_value=0.01, max_value=64)
     pidsLimit = Integer(required=False, min_value=8, max_value=65536)
     maxOutputSize = Integer(required=False, min_value=1, max_value=MAX_INT)
-    sandboxSize = serializers.JSONField(required=False)
-    tmpSize = serializers.JSONField(required=False)
+    sandboxSize = serializers.JSONField(required=False, help_text='Bytes, or a size such as "128m".')
+    tmpSize = serializers.JSONField(required=False, help_text='Bytes, or a size such as "64m".')
     secrets = serializers.DictField(
         child=Text(allow_blank=True, trim_whitespace=False), required=False
     )
@@ -178,12 +190,57 @@ def execute_body(data: Any) -> dict[str, Any]:
     return body
 
 
+@extend_schema_serializer(component_name="ExecuteBody")
 class ExecuteSerializer(StrictSerializer):
+    """The body of POST /execute, /execute/stream and the WebSocket's execute message."""
+
     request = RequestSerializer()
     options = OptionsSerializer(required=False)
-    sessionId = Text(required=False)
+    sessionId = SessionIdField(required=False)
 
-    def validate_sessionId(self, value: str) -> str:  # noqa: N802
-        if not SESSION_ID.match(value):
-            raise serializers.ValidationError("Must be 1-128 characters of A-Z a-z 0-9 . _ -")
-        return value
+
+# ------------------------------------------------------------- answers (documentation)
+# The answers are built as dicts (executions/results.py) and the result of
+# POST /execute leaves the worker as JSON; these serializers describe them for
+# the OpenAPI document (isol8_site/openapi.py), and the contract test checks
+# the live answers against that description.
+
+
+class ExecutionResultSerializer(serializers.Serializer):
+    """isol8's ExecutionResult, plus ``status`` and ``timedOut``."""
+
+    stdout = serializers.CharField(help_text="Trailing whitespace trimmed; cut with a marker past maxOutputSize.")
+    stderr = serializers.CharField()
+    exitCode = serializers.IntegerField(help_text="137 after a timeout or an OOM kill.")
+    durationMs = serializers.IntegerField()
+    truncated = serializers.BooleanField()
+    executionId = serializers.UUIDField()
+    runtime = serializers.CharField()
+    timestamp = serializers.DateTimeField()
+    status = serializers.ChoiceField(choices=Status.choices)
+    timedOut = serializers.BooleanField()
+    files = serializers.DictField(
+        child=serializers.CharField(), required=False, help_text="outputPaths' contents, base64; only when asked."
+    )
+    error = serializers.CharField(required=False, help_text="Why the service could not run it (status error).")
+
+
+class HistoryRecordSerializer(ExecutionResultSerializer):
+    """An execution in the history: the result (once finished) plus what was asked and when."""
+
+    code = serializers.CharField(help_text="The code, or the cmd.")
+    sessionId = serializers.CharField(allow_null=True)
+    createdAt = serializers.DateTimeField()
+    startedAt = serializers.DateTimeField(allow_null=True)
+    finishedAt = serializers.DateTimeField(allow_null=True)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # A queued or running execution has no result yet.
+        for name in ("stdout", "stderr", "exitCode", "durationMs", "truncated", "timestamp", "timedOut"):
+            self.fields[name].required = False
+
+
+class HistoryPageSerializer(serializers.Serializer):
+    results = HistoryRecordSerializer(many=True)
+    next = serializers.URLField(allow_null=True, help_text="The next page (older executions), or null.")

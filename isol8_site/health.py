@@ -10,6 +10,8 @@ from typing import Any
 
 from django.conf import settings
 from django.db import connection
+from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
+from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -42,10 +44,26 @@ def health_checks() -> dict[str, Any]:
     return checks
 
 
+HEALTH = inline_serializer("Health", {
+    "status": serializers.ChoiceField(choices=["ok", "degraded"]),
+    "version": serializers.CharField(),
+    "checks": serializers.DictField(required=False, help_text="database, redis, workers, docker: ok or why not"),
+})
+
+
 class HealthApi(APIView):
     authentication_classes: list[Any] = []
     permission_classes: list[Any] = []
 
+    @extend_schema(
+        operation_id="health",
+        summary="Can the service run code right now?",
+        auth=[],
+        responses={
+            200: HEALTH,
+            (503, "application/json"): OpenApiResponse(HEALTH, description="Degraded: `checks` says what is down"),
+        },
+    )
     def get(self, request: Request) -> Response:
         checks = health_checks()
         healthy = all(not str(v).startswith(("error", "unknown")) for v in checks.values())

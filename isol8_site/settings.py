@@ -101,6 +101,10 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "rest_framework",
+    # The OpenAPI document generated from the views (GET /openapi.json) and the
+    # docs page (GET /docs) with Swagger UI's files served from here, no CDN.
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
     "django_eventstream",
     "tenants",
     "executions",
@@ -215,6 +219,38 @@ REST_FRAMEWORK = {
     # text/event-stream themselves (isol8_site/negotiation.py).
     "DEFAULT_CONTENT_NEGOTIATION_CLASS": "isol8_site.negotiation.JsonOnlyNegotiation",
     "UNAUTHENTICATED_USER": None,
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+}
+
+# GET /openapi.json and /docs (isol8_site/openapi.py). The document is built
+# from the views' annotations; authentication is declared once (a bearer key)
+# rather than derived from the authentication classes.
+SPECTACULAR_SETTINGS = {
+    "TITLE": "isol8",
+    "DESCRIPTION": (
+        "Run untrusted code (Python, Node.js, Bash, Bun, Deno) in hardened containers. Wire-compatible "
+        "with the isol8 server's HTTP protocol. Every error is `{\"error\", \"code\"}` JSON. The "
+        "WebSocket route `GET /execute/ws` is described in the README (OpenAPI has no words for it)."
+    ),
+    "OAS_VERSION": "3.0.3",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SERVE_AUTHENTICATION": [],
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
+    "AUTHENTICATION_WHITELIST": [],
+    "SECURITY": [{"bearerAuth": []}],
+    "APPEND_COMPONENTS": {
+        "securitySchemes": {
+            "bearerAuth": {"type": "http", "scheme": "bearer", "description": "A tenant API key or the master key"}
+        }
+    },
+    "ENUM_NAME_OVERRIDES": {"ExecutionStatus": "executions.models.Status"},
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "isol8_site.openapi.postprocess",
+    ],
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
 }
 
 # Stream events live in a Redis of their own, with a memory limit and eviction
@@ -251,6 +287,7 @@ if ISOL8_API_KEY and (len(ISOL8_API_KEY) < MASTER_KEY_MIN_LENGTH or len(set(ISOL
     )
     raise SystemExit(2)
 ISOL8_VERSION = "0.1.0"
+SPECTACULAR_SETTINGS["VERSION"] = ISOL8_VERSION
 # The built-in tenant that the master key executes under.
 ISOL8_DEFAULT_TENANT = "default"
 

@@ -5,6 +5,7 @@ from django.urls import path
 
 from executions import apis as executions
 from isol8_site.health import HealthApi
+from isol8_site.openapi import DocsApi, SchemaApi
 from sessions_app import apis as sessions
 from tenants import apis as auth
 
@@ -29,5 +30,7 @@ urlpatterns = [
     path("auth/keys", auth.KeysApi.as_view()),
     path("auth/keys/<str:key_id>", auth.KeyRevokeApi.as_view()),
     path("auth/login", auth.LoginApi.as_view()),
+    path("openapi.json", SchemaApi.as_view(), name="openapi"),
+    path("docs", DocsApi.as_view(), name="docs"),
     path("admin/", admin.site.urls),
 ]

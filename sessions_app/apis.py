@@ -6,14 +6,18 @@ import base64
 import binascii
 
 from django.conf import settings
+from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from isol8_site.errors import PayloadTooLarge, validation_error
+from isol8_site.openapi import AUTH, BODY, errors
 from isol8_site.serializers import StrictSerializer, Text, check_sandbox_path
 from sessions_app import selectors, services
 from sessions_app.models import SESSION_ID, Session
+from sessions_app.serializers import SessionIdField
 from tenants.authentication import principal_of
 
 
@@ -32,9 +36,31 @@ def session_json(session: Session) -> dict[str, object]:
     }
 
 
+class SessionSerializer(serializers.Serializer):
+    """A session as GET /sessions lists it (session_json; documentation)."""
+
+    id = serializers.CharField()
+    isActive = serializers.BooleanField(help_text="Running an execution right now")
+    lastAccessedAt = serializers.DateTimeField(allow_null=True)
+    runtime = serializers.CharField()
+    createdAt = serializers.DateTimeField()
+    state = serializers.CharField(help_text="starting, ready, dead or stopped")
+
+
+OK = inline_serializer("Ok", {"ok": serializers.BooleanField()})
+# A file operation reaches the session's container through its worker.
+FILE_ERRORS = (*AUTH, 400, 404, 409, 503, 507)
+
+
 class SessionListApi(APIView):
     """GET /sessions: this tenant's sessions only."""
 
+    @extend_schema(
+        operation_id="sessions_list",
+        summary="This tenant's sessions",
+        responses={200: inline_serializer("SessionList", {"sessions": SessionSerializer(many=True)}),
+                   **errors(*AUTH)},
+    )
     def get(self, request: Request) -> Response:
         principal = principal_of(request)
         sessions = selectors.session_list(tenant=principal.tenant)
@@ -44,6 +70,12 @@ class SessionListApi(APIView):
 class SessionDeleteApi(APIView):
     """DELETE /session/{id}: stop the caller's session; ok also for unknown ids."""
 
+    @extend_schema(
+        operation_id="session_delete",
+        summary="Stop and remove one of this tenant's sessions",
+        description="`ok` also for an id this tenant has no session under (another tenant's is untouched).",
+        responses={200: OK, **errors(*AUTH)},
+    )
     def delete(self, request: Request, session_id: str) -> Response:
         principal = principal_of(request)
         session = selectors.session_get(tenant=principal.tenant, session_id=session_id)
@@ -62,10 +94,16 @@ class FileApi(APIView):
     """POST /file (upload, base64) and GET /file (download) in a session's /sandbox."""
 
     class UploadSerializer(StrictSerializer):
-        sessionId = Text()
+        sessionId = SessionIdField()
         path = Text()
         content = Text(allow_blank=True)
 
+    @extend_schema(
+        operation_id="file_upload",
+        summary="Write a file into a session's /sandbox",
+        request=UploadSerializer,
+        responses={200: OK, **errors(*FILE_ERRORS, *BODY)},
+    )
     def post(self, request: Request) -> Response:
         principal = principal_of(request)
         if not isinstance(request.data, dict):
@@ -85,6 +123,16 @@ class FileApi(APIView):
         services.file_operation(tenant=principal.tenant, session_id=session_id, op=op)
         return Response({"ok": True})
 
+    @extend_schema(
+        operation_id="file_download",
+        summary="Read a file from a session's /sandbox",
+        parameters=[
+            OpenApiParameter("sessionId", str, required=True, pattern=SESSION_ID.pattern),
+            OpenApiParameter("path", str, required=True, description="Under /sandbox; relative to it if relative"),
+        ],
+        responses={200: inline_serializer("FileContent", {"content": serializers.CharField(help_text="base64")}),
+                   **errors(*FILE_ERRORS, 413)},
+    )
     def get(self, request: Request) -> Response:
         principal = principal_of(request)
         session_id = request.query_params.get("sessionId")

@@ -13,11 +13,14 @@ from typing import Any
 
 from django.conf import settings
 from django.utils import timezone
+from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from isol8_site.errors import not_found, validation_error
+from isol8_site.openapi import AUTH, BODY, errors
 from isol8_site.serializers import Integer, StrictSerializer, Text
 from tenants.authentication import IsMaster
 from tenants.models import ApiKey, Tenant
@@ -58,11 +61,24 @@ class KeyCreateSerializer(StrictSerializer):
     ttlMs = Integer(required=False, min_value=1, max_value=MAX_TTL_MS)
 
 
+class KeySerializer(serializers.Serializer):
+    """A key as the key routes show it (key_json; documentation)."""
+
+    id = serializers.CharField()
+    name = serializers.CharField()
+    keyPrefix = serializers.CharField(help_text="The first 10 characters and ...")
+    tenantId = serializers.CharField(help_text="The tenant's slug")
+    createdAt = serializers.DateTimeField()
+    expiresAt = serializers.DateTimeField(allow_null=True)
+    lastUsedAt = serializers.DateTimeField(allow_null=True)
+    revoked = serializers.BooleanField()
+
+
 class MasterApi(APIView):
     permission_classes = [IsMaster]
 
     def body(self, request: Request) -> dict[str, Any]:
-        data = request.data if request.data is not None else {}
+        data = request.data  # {} for an empty body; a JSON null is not an object
         if not isinstance(data, dict):
             raise validation_error("The body must be a JSON object")
         form = KeyCreateSerializer(data=data)
@@ -73,6 +89,22 @@ class MasterApi(APIView):
 class KeysApi(MasterApi):
     """POST /auth/keys (create) and GET /auth/keys[?tenantId=] (list)."""
 
+    @extend_schema(
+        operation_id="keys_create",
+        summary="Create a tenant key (master key); the plaintext is shown only here",
+        request=KeyCreateSerializer,
+        responses={
+            201: inline_serializer("KeyCreated", {
+                "id": serializers.CharField(),
+                "key": serializers.CharField(),
+                "name": serializers.CharField(),
+                "keyPrefix": serializers.CharField(),
+                "tenantId": serializers.CharField(),
+                "expiresAt": serializers.DateTimeField(allow_null=True),
+            }),
+            **errors(*AUTH, *BODY, 404),
+        },
+    )
     def post(self, request: Request) -> Response:
         data = self.body(request)
         if not data.get("name", "").strip():
@@ -96,6 +128,12 @@ class KeysApi(MasterApi):
             status=201,
         )
 
+    @extend_schema(
+        operation_id="keys_list",
+        summary="List keys, of one tenant or all (master key)",
+        parameters=[OpenApiParameter("tenantId", str, description="A tenant's slug")],
+        responses={200: inline_serializer("KeyList", {"keys": KeySerializer(many=True)}), **errors(*AUTH, 404)},
+    )
     def get(self, request: Request) -> Response:
         slug = request.query_params.get("tenantId")
         keys = apikey_list(tenant=_tenant(slug) if slug else None)
@@ -105,6 +143,13 @@ class KeysApi(MasterApi):
 class KeyRevokeApi(MasterApi):
     """DELETE /auth/keys/{id}: revoke (irreversibly; the row stays for history)."""
 
+    @extend_schema(
+        operation_id="keys_revoke",
+        summary="Revoke a key, irreversibly (master key)",
+        responses={200: inline_serializer("KeyRevoked", {"ok": serializers.BooleanField(),
+                                                         "id": serializers.CharField()}),
+                   **errors(*AUTH, 404)},
+    )
     def delete(self, request: Request, key_id: str) -> Response:
         key = apikey_get(key_id=key_id)
         if key is None:
@@ -116,6 +161,19 @@ class KeyRevokeApi(MasterApi):
 class LoginApi(MasterApi):
     """POST /auth/login: a short-lived key for a tenant (isol8's CLI `login`)."""
 
+    @extend_schema(
+        operation_id="login",
+        summary="A short-lived key for a tenant (master key; isol8's CLI login)",
+        request=KeyCreateSerializer,
+        responses={
+            200: inline_serializer("LoginAnswer", {
+                "token": serializers.CharField(),
+                "expiresAt": serializers.DateTimeField(allow_null=True),
+                "keyId": serializers.CharField(),
+            }),
+            **errors(*AUTH, *BODY, 404),
+        },
+    )
     def post(self, request: Request) -> Response:
         data = self.body(request)
         tenant = _tenant(data.get("tenantId"))
