@@ -25,7 +25,7 @@ from django.utils.dateparse import parse_datetime
 from executions import events
 from executions.models import FINISHED, Execution, Status
 from executions.results import result_json
-from isol8_site import dispatch, errors, logs, metrics, wire
+from isol8_site import dispatch, errors, logs, metrics, tracing, wire
 from isol8_site.errors import DomainError, InstallFailed, SetupFailed, Unavailable
 from isol8_site.redis import get_redis, retrying
 from sandbox.spec import ExecutionSpec, Limits, RunResult
@@ -106,7 +106,9 @@ def _enqueue(execution: Execution, queue: str | None) -> None:
         logs.execution_step("queued", execution_id=execution.pk, tenant=execution.tenant.slug,
                             runtime=execution.runtime, queue=queue or "shared")
         try:
-            dispatch.send(dispatch.RUN_EXECUTION, str(execution.pk), queue=queue)
+            with tracing.span("execution.enqueue", execution_id=str(execution.pk), tenant=execution.tenant.slug,
+                              runtime=execution.runtime):
+                dispatch.send(dispatch.RUN_EXECUTION, str(execution.pk), queue=queue)
         except Exception:
             # The broker stayed unreachable through the publish retries: the run
             # never starts; say so in its row (the client gets 503).

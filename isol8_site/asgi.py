@@ -82,8 +82,11 @@ def get_application() -> Callable[[Scope, Receive, Send], Awaitable[None]]:
     from django.urls import path
 
     from executions.ws import ExecuteSocket
+    from isol8_site import tracing
     from isol8_site.bodyguard import BodyGuard
     from tenants.authentication import authenticate_scope
+
+    tracing.configure("isol8-web")  # only if an OTLP endpoint is set
 
     http = BodyGuard(OneHopASGIHandler(), authenticate=authenticate_scope)
     websockets = URLRouter([path("execute/ws", ExecuteSocket.as_asgi())])

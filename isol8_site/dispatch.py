@@ -13,6 +13,8 @@ from typing import Any
 from celery import current_app
 from django.conf import settings
 
+from isol8_site import tracing
+
 RUN_EXECUTION = "isol8.run_execution"
 SESSION_FILE_OP = "isol8.session_file_op"
 STOP_SESSION_CONTAINER = "isol8.stop_session_container"
@@ -46,7 +48,9 @@ def send(name: str, *args: Any, queue: str | None = None) -> None:
     if Redis stays away, kombu's OperationalError leaves here.
     """
     # The current app is isol8's (isol8_site/celery.py, loaded with the project).
+    # The trace context (when tracing is on) rides in the message's headers.
     current_app.send_task(
         name, args=args, queue=queue or settings.ISOL8_RUN_QUEUE, ignore_result=True,
         result_cls=_Sent,  # type: ignore[arg-type]  # send_task only sets .ignored on it
+        headers=tracing.inject() or None,
     )

@@ -21,6 +21,8 @@ from typing import Any
 
 from django.http import HttpRequest, HttpResponse
 
+from isol8_site import tracing
+
 REQUEST_ID_HEADER = "X-Request-Id"
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 STEPS = ("received", "queued", "started", "finished")
@@ -46,7 +48,11 @@ class RequestIdMiddleware:
         token = request_id.set(rid)
         started = time.perf_counter()
         try:
-            response = self.get_response(request)
+            # The path names ids; the span's name stays one per method (low cardinality).
+            with tracing.span(f"HTTP {request.method}", path=request.path, request_id=rid) as current:
+                response = self.get_response(request)
+                if current is not None:
+                    current.set_attribute("http.response.status_code", response.status_code)
         finally:
             request_id.reset(token)
         response[REQUEST_ID_HEADER] = rid

@@ -18,6 +18,7 @@ from django.db import close_old_connections
 
 from executions import events, services
 from executions.models import Execution
+from isol8_site import tracing
 from sandbox.containers import Sandbox
 from sandbox.errors import DockerUnavailableError, InstallError, SandboxError
 from sandbox.images import covering_image
@@ -55,6 +56,10 @@ class Runner:
 
     def run(self, execution_id: str) -> None:
         """Run one queued execution end to end (the body of the Celery task)."""
+        with tracing.span("execution.run", execution_id=execution_id):
+            self._run(execution_id)
+
+    def _run(self, execution_id: str) -> None:
         close_old_connections()  # keeps a healthy connection (CONN_MAX_AGE, see Worker.start)
         execution = services.execution_claim(execution_id=execution_id)
         if execution is None:
@@ -70,14 +75,16 @@ class Runner:
                 self._run_in_session(execution, spec, limits, handle, publish)
                 return
             try:
-                box = self._acquire(execution, spec, limits)
+                with tracing.span("sandbox.acquire", runtime=spec.runtime):
+                    box = self._acquire(execution, spec, limits)
             except DockerUnavailableError as exc:
                 result = RunResult(status="error", error=str(exc), error_code="docker_unavailable")
             except SandboxError as exc:
                 result = RunResult(status="error", error=events.NO_SANDBOX.format(reason=exc))
             else:
                 result = execute(box, execution, spec, limits, handle, publish, in_session=False)
-            services.execution_finish(execution=execution, result=result, live=publish)
+            with tracing.span("execution.finish", status=result.status):
+                services.execution_finish(execution=execution, result=result, live=publish)
         except Exception:
             # A bug or an infrastructure failure: the log has the details, the client a sentence.
             logger.exception("execution %s failed in the worker", execution_id)
@@ -149,13 +156,15 @@ def execute(
 ) -> RunResult:
     """Make the run's packages available in ``box``, then run it."""
     try:
-        source = prepare_packages(box, tenant=execution.tenant.slug, spec=spec, publish=publish)
+        with tracing.span("sandbox.packages", count=len(spec.install_packages)):
+            source = prepare_packages(box, tenant=execution.tenant.slug, spec=spec, publish=publish)
     except InstallError as exc:
         return RunResult(
             status="error", error=str(exc), error_code="install_failed", exit_code=exc.exit_code,
             container_id=box.container_id,
         )
-    with InputPump(str(execution.pk), handle) if spec.interactive else nullcontext():
+    with (InputPump(str(execution.pk), handle) if spec.interactive else nullcontext(),
+          tracing.span("sandbox.run", container=box.container_id[:12], session=in_session)):
         result = run_in_sandbox(
             box, spec, limits, in_session=in_session, history_max=settings.ISOL8_HISTORY_MAX_OUTPUT,
             publish=publish, handle=handle,

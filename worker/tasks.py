@@ -12,14 +12,17 @@ from celery import shared_task
 from celery.signals import worker_ready, worker_shutdown, worker_shutting_down
 
 from executions.reaper import reap_lost_executions
-from isol8_site import dispatch, wire
+from isol8_site import dispatch, tracing, wire
 from sessions_app.services import sessions_prune
 from worker.daemon import get_worker
 
 
-@shared_task(name=dispatch.RUN_EXECUTION, ignore_result=True)
-def run_execution(execution_id: str) -> None:
-    get_worker().runner.run(execution_id)
+@shared_task(name=dispatch.RUN_EXECUTION, ignore_result=True, bind=True)
+def run_execution(self: Any, execution_id: str) -> None:
+    # Custom message headers (the web's trace context) land on the task's request.
+    with tracing.continued({"traceparent": getattr(self.request, "traceparent", None),
+                            "tracestate": getattr(self.request, "tracestate", None)}):
+        get_worker().runner.run(execution_id)
 
 
 @shared_task(name=dispatch.SESSION_FILE_OP, ignore_result=True)
@@ -52,6 +55,7 @@ def prune_sessions() -> int:
 
 @worker_ready.connect
 def _start_worker(**kwargs: Any) -> None:
+    tracing.configure("isol8-worker")  # only if an OTLP endpoint is set
     get_worker().start()
 
 
@@ -65,3 +69,4 @@ def _cancel_runs(**kwargs: Any) -> None:
 @worker_shutdown.connect
 def _stop_worker(**kwargs: Any) -> None:
     get_worker().stop()
+    tracing.shutdown()
