@@ -10,7 +10,20 @@ from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html
 
 from executions import events
-from executions.models import FINISHED, Execution
+from executions.models import FINISHED, Execution, WebhookAttempt
+
+
+class WebhookAttemptInline(admin.TabularInline):
+    """Each try at delivering the execution's callback (read-only history)."""
+
+    model = WebhookAttempt
+    extra = 0
+    can_delete = False
+    fields = ("attempt", "at", "delivered", "status_code", "error", "duration_ms")
+    readonly_fields = fields
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
 
 
 @admin.register(Execution)
@@ -28,11 +41,12 @@ class ExecutionAdmin(admin.ModelAdmin):
         "id", "tenant", "session", "runtime", "status", "exit_code", "error", "program",
         "request", "limits", "streamed", "stdout", "stderr", "stdout_truncated", "stderr_truncated",
         "stdout_bytes", "stderr_bytes", "timed_out", "files", "created_at", "started_at",
-        "finished_at", "duration_ms", "worker_host", "container_id",
+        "finished_at", "duration_ms", "worker_host", "container_id", "batch_id", "callback_url",
     )
+    inlines = [WebhookAttemptInline]
     fieldsets = (
         (None, {"fields": ("id", "tenant", "session", "runtime", "status", "exit_code", "error")}),
-        ("Request", {"fields": ("program", "request", "limits", "streamed")}),
+        ("Request", {"fields": ("program", "request", "limits", "streamed", "batch_id", "callback_url")}),
         ("Output", {"fields": ("stdout", "stderr", "stdout_truncated", "stderr_truncated",
                                "stdout_bytes", "stderr_bytes", "timed_out", "files")}),
         ("Timing and placement", {"fields": ("created_at", "started_at", "finished_at", "duration_ms",

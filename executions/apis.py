@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 import time
+import uuid
 from typing import Any
 from urllib.parse import urlencode
 
@@ -20,11 +21,13 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from executions import events, selectors, services
+from executions import events, idempotency, selectors, services, webhooks
 from executions.models import FINISHED, Execution, Status
 from executions.policy import check_installs_allowed, resolve_limits, validate_packages
 from executions.results import history_record
 from executions.serializers import (
+    BatchAnswerSerializer,
+    BatchSerializer,
     ExecuteSerializer,
     ExecutionResultSerializer,
     HistoryPageSerializer,
@@ -33,7 +36,7 @@ from executions.serializers import (
 )
 from isol8_site import metrics, wire
 from isol8_site.config import shown
-from isol8_site.errors import Forbidden, not_found, validation_error
+from isol8_site.errors import Forbidden, exception_handler, not_found, validation_error
 from isol8_site.negotiation import EventStreamNegotiation
 from isol8_site.openapi import AUTH, BODY, SSE_EXTENSION, errors
 from sandbox.spec import ExecutionSpec
@@ -60,11 +63,20 @@ def sse_response(stream: Any, execution_id: object) -> StreamingHttpResponse:
     return response
 
 
-def start_execution(principal: Principal, body: Any, *, streamed: bool, interactive: bool = False) -> Execution:
+def start_execution(
+    principal: Principal,
+    body: Any,
+    *,
+    streamed: bool,
+    interactive: bool = False,
+    batch_id: uuid.UUID | None = None,
+    default_callback: str = "",
+) -> Execution:
     """Validate an execute body, apply the tenant's policy, record and enqueue it.
 
-    The one way in for POST /execute, POST /execute/stream and GET /execute/ws
-    (``interactive``: its stdin stays open for live input).
+    The one way in for POST /execute, /execute/stream, /execute/batch (each
+    item, ``batch_id``) and GET /execute/ws (``interactive``: its stdin stays
+    open for live input).
     """
     serializer = ExecuteSerializer(data=execute_body(body))
     serializer.is_valid(raise_exception=True)
@@ -76,13 +88,34 @@ def start_execution(principal: Principal, body: Any, *, streamed: bool, interact
     # Package names are checked before anything runs (400), then the policy (403).
     spec.install_packages = validate_packages(runtime=spec.runtime, packages=spec.install_packages)
     check_installs_allowed(tenant=principal.tenant, packages=spec.install_packages)
+    callback = data.get("callbackUrl") or default_callback
+    if callback:
+        webhooks.check_callback_url(tenant=principal.tenant, url=callback)
     return services.execution_start(
         tenant=principal.tenant,
         spec=spec,
         limits=limits,
         streamed=streamed,
         session_id=data.get("sessionId"),
+        callback_url=callback,
+        batch_id=batch_id,
     )
+
+
+def keyed(request: Request, route: str, start: Any) -> idempotency.Outcome | None:
+    """Run ``start`` once per Idempotency-Key (None: the request has no key, the caller starts as usual)."""
+    key = request.headers.get(idempotency.HEADER)
+    if key is None:
+        return None
+    return idempotency.run_once(tenant=principal_of(request).tenant, key=key, route=route, body=request.data,
+                                start=start)
+
+
+IDEMPOTENCY_PARAMETER = OpenApiParameter(
+    idempotency.HEADER, str, OpenApiParameter.HEADER,
+    description="Retry-safe submission: the same key and body within a day return the first execution "
+    "(header Idempotent-Replayed: true) instead of running the code again; another body is 422.",
+)
 
 
 class ExecuteBase(APIView):
@@ -111,10 +144,19 @@ class ExecuteApi(ExecuteBase):
         description="User code that fails, times out, is OOM-killed or floods its output is a 200 with the "
         "result, not an HTTP error. " + SHORTHAND,
         request=ExecuteSerializer,
+        parameters=[IDEMPOTENCY_PARAMETER],
         responses={200: ExecutionResultSerializer, **EXECUTE_ERRORS},
     )
     def post(self, request: Request) -> HttpResponse:
-        execution = self.start(request)
+        outcome = keyed(request, "execute", lambda: (self.start(request), None))
+        if outcome is not None and outcome.replayed:
+            assert outcome.execution is not None
+            response = HttpResponse(services.execution_replay_wait(execution=outcome.execution),
+                                    content_type="application/json")
+            response[idempotency.REPLAYED_HEADER] = "true"
+            return response
+        execution = outcome.execution if outcome is not None else self.start(request)
+        assert execution is not None
         # The worker's JSON goes out as it came (no decode and re-encode); a
         # run that ended in a domain error (setup, install, Docker) raises it.
         body = services.execution_wait(execution=execution)
@@ -133,6 +175,7 @@ class ExecuteStreamApi(ExecuteBase):
         description="Answers `text/event-stream` (header `X-Execution-Id`) from the first event; a request "
         "refused before the stream starts gets the JSON error of POST /execute. " + SHORTHAND,
         request=ExecuteSerializer,
+        parameters=[IDEMPOTENCY_PARAMETER],
         responses={200: OpenApiResponse(OpenApiTypes.STR, description="The event stream"),
                    **EXECUTE_ERRORS, **errors(406)},
         extensions={SSE_EXTENSION: True},
@@ -141,12 +184,62 @@ class ExecuteStreamApi(ExecuteBase):
         slot = events.StreamSlot(principal_of(request).tenant.slug)
         slot.acquire()
         try:
-            execution = self.start(request)
+            outcome = keyed(request, "execute/stream", lambda: (self.start(request), None))
+            execution = outcome.execution if outcome is not None else self.start(request)
+            assert execution is not None
         except BaseException:
             async_to_sync(slot.release)()
             raise
+        if outcome is not None and outcome.replayed:
+            # The first request's stream, from its first event (live if it still runs).
+            replay = events.stream_for(execution, after=0, on_tick=slot.refresh)
+            response = sse_response(events.held(replay, slot), execution.pk)
+            response[idempotency.REPLAYED_HEADER] = "true"
+            return response
         stream = events.stream_events(execution.pk, after=0, fresh=True, on_tick=slot.refresh)
         return sse_response(events.held(stream, slot), execution.pk)
+
+
+class ExecuteBatchApi(APIView):
+    """POST /execute/batch: start many executions at once; one execution id (or error) per request."""
+
+    @extend_schema(
+        operation_id="execute_batch",
+        summary="Start up to ISOL8_BATCH_MAX executions; follow them with GET /executions?batch=",
+        description="Each request is checked and started on its own, as POST /execute would (policy, quotas, "
+        "callbacks): an item that is refused gets its error and status in `items` and nothing is started for "
+        "it; the others run. The answer comes at once; results arrive by callback or the history.",
+        request=BatchSerializer,
+        parameters=[IDEMPOTENCY_PARAMETER],
+        responses={200: BatchAnswerSerializer, **errors(*AUTH, *BODY, 422, 503)},
+    )
+    def post(self, request: Request) -> Response:
+        principal = principal_of(request)
+        outcome = keyed(request, "execute/batch", lambda: (None, self.submit(principal, request.data)))
+        if outcome is None:
+            return Response(self.submit(principal, request.data))
+        headers = {idempotency.REPLAYED_HEADER: "true"} if outcome.replayed else None
+        return Response(outcome.answer, headers=headers)
+
+    def submit(self, principal: Principal, body: Any) -> dict[str, Any]:
+        if not isinstance(body, dict):
+            raise validation_error("The body must be a JSON object")
+        form = BatchSerializer(data=body)
+        form.is_valid(raise_exception=True)
+        batch_id = uuid.uuid4()
+        items: list[dict[str, Any]] = []
+        for item in form.validated_data["requests"]:
+            try:
+                execution = start_execution(principal, item, streamed=False, batch_id=batch_id,
+                                            default_callback=form.validated_data.get("callbackUrl", ""))
+            except Exception as exc:  # noqa: BLE001 - each item's refusal is its own answer, in the error shape
+                refused = exception_handler(exc, {"view": self})
+                assert refused is not None
+                items.append({**refused.data, "status": refused.status_code})
+            else:
+                items.append({"executionId": str(execution.pk)})
+        started = sum(1 for item in items if "executionId" in item)
+        return {"batchId": str(batch_id), "items": items, "started": started, "refused": len(items) - started}
 
 
 class ExecutionListApi(APIView):
@@ -161,6 +254,7 @@ class ExecutionListApi(APIView):
         until = serializers.CharField(required=False, allow_blank=True, help_text="ISO-8601 date-time")
         before = serializers.CharField(required=False, allow_blank=True,
                                        help_text="Cursor: the last id of the previous page (see `next`)")
+        batch = serializers.UUIDField(required=False, help_text="Only the executions of this batch")
 
     @extend_schema(
         operation_id="executions_list",
@@ -183,6 +277,7 @@ class ExecutionListApi(APIView):
             since=since,
             until=until,
             before=f.get("before"),
+            batch_id=f.get("batch"),
             limit=PAGE_SIZE + 1,
         )
         rows = list(page)

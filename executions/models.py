@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 
 from django.db import models
+from django.utils import timezone
 
 from tenants.models import Tenant
 
@@ -62,6 +63,10 @@ class Execution(models.Model):
     duration_ms = models.PositiveIntegerField(null=True, blank=True)
     worker_host = models.CharField(max_length=255, blank=True)
     container_id = models.CharField(max_length=80, blank=True)
+    # POST /execute/batch: the batch it was submitted in (GET /executions?batch=).
+    batch_id = models.UUIDField(null=True, blank=True, db_index=True)
+    # Where the result is POSTed when the run ends (executions/webhooks.py).
+    callback_url = models.URLField(max_length=2000, blank=True)
 
     class Meta:
         ordering = ["-created_at"]
@@ -76,3 +81,45 @@ class Execution(models.Model):
     @property
     def truncated(self) -> bool:
         return self.stdout_truncated or self.stderr_truncated
+
+
+class IdempotencyKey(models.Model):
+    """A client's ``Idempotency-Key``: the same key and body within a day get the first answer again.
+
+    The row is inserted before anything runs; the unique constraint makes a
+    concurrent retry with the same key fail its insert and wait for the first
+    request's execution (or batch answer) instead of running the code again.
+    """
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="idempotency_keys")
+    key = models.CharField(max_length=255)
+    route = models.CharField(max_length=32)
+    body_digest = models.CharField(max_length=64, help_text="SHA-256 of the route and the canonical JSON body.")
+    created_at = models.DateTimeField(default=timezone.now)
+    execution = models.ForeignKey(Execution, null=True, blank=True, on_delete=models.CASCADE, related_name="+")
+    answer = models.JSONField(null=True, blank=True, help_text="A batch's answer, given again on a replay.")
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["tenant", "key"], name="idempotency_key_once_per_tenant")]
+        indexes = [models.Index(fields=["created_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.key} ({self.tenant_id})"
+
+
+class WebhookAttempt(models.Model):
+    """One try at POSTing an execution's result to its callbackUrl."""
+
+    execution = models.ForeignKey(Execution, on_delete=models.CASCADE, related_name="webhook_attempts")
+    attempt = models.PositiveIntegerField()
+    at = models.DateTimeField(auto_now_add=True)
+    status_code = models.IntegerField(null=True, blank=True)
+    error = models.CharField(max_length=500, blank=True)
+    duration_ms = models.PositiveIntegerField(default=0)
+    delivered = models.BooleanField(default=False)
+
+    class Meta:
+        ordering = ["execution", "attempt"]
+
+    def __str__(self) -> str:
+        return f"{self.execution_id} #{self.attempt}"

@@ -61,6 +61,7 @@ def history_record(execution: Execution) -> dict[str, Any]:
         {
             "code": execution.code or execution.cmd,
             "sessionId": session.session_id if session is not None else None,
+            "batchId": str(execution.batch_id) if execution.batch_id else None,
             "createdAt": _iso(execution.created_at),
             "startedAt": _iso(execution.started_at),
             "finishedAt": _iso(execution.finished_at),

@@ -35,6 +35,7 @@ def execution_list(
     since: datetime | None = None,
     until: datetime | None = None,
     before: str | None = None,
+    batch_id: uuid.UUID | None = None,
     limit: int = 50,
 ) -> QuerySet[Execution]:
     """``tenant``'s executions, newest first; ``before`` is the last id of the previous page."""
@@ -45,6 +46,8 @@ def execution_list(
         rows = rows.filter(runtime=runtime)
     if session_id:
         rows = rows.filter(session__session_id=session_id)
+    if batch_id:
+        rows = rows.filter(batch_id=batch_id)
     if since:
         rows = rows.filter(created_at__gte=since)
     if until:

@@ -197,6 +197,39 @@ class ExecuteSerializer(StrictSerializer):
     request = RequestSerializer()
     options = OptionsSerializer(required=False)
     sessionId = SessionIdField(required=False)
+    callbackUrl = Text(required=False, help_text="POST the result here when the run ends (signed; see README). "
+                       "Only to the tenant's callback hosts, never to private addresses.")
+
+
+class BatchSerializer(StrictSerializer):
+    """The body of POST /execute/batch: execute bodies, run independently."""
+
+    requests = serializers.ListField(
+        child=serializers.JSONField(), min_length=1,
+        help_text="Each one an execute body (ExecuteBody, or its top-level shorthand); at most ISOL8_BATCH_MAX.",
+    )
+    callbackUrl = Text(required=False, help_text="The callback of every item that names none of its own.")
+
+    def validate_requests(self, value: list[Any]) -> list[Any]:
+        if len(value) > settings.ISOL8_BATCH_MAX:
+            raise serializers.ValidationError(f"At most {settings.ISOL8_BATCH_MAX} requests in one batch.")
+        return value
+
+
+class BatchItemSerializer(serializers.Serializer):
+    """One item of a batch's answer: its execution, or why it was not started (documentation)."""
+
+    executionId = serializers.UUIDField(required=False)
+    error = serializers.CharField(required=False)
+    code = serializers.CharField(required=False)
+    status = serializers.IntegerField(required=False, help_text="The HTTP status it would have had alone.")
+
+
+class BatchAnswerSerializer(serializers.Serializer):
+    batchId = serializers.UUIDField()
+    items = BatchItemSerializer(many=True, help_text="In the order of the requests.")
+    started = serializers.IntegerField()
+    refused = serializers.IntegerField()
 
 
 # ------------------------------------------------------------- answers (documentation)
@@ -230,6 +263,7 @@ class HistoryRecordSerializer(ExecutionResultSerializer):
 
     code = serializers.CharField(help_text="The code, or the cmd.")
     sessionId = serializers.CharField(allow_null=True)
+    batchId = serializers.UUIDField(allow_null=True)
     createdAt = serializers.DateTimeField()
     startedAt = serializers.DateTimeField(allow_null=True)
     finishedAt = serializers.DateTimeField(allow_null=True)

@@ -49,6 +49,8 @@ def execution_start(
     limits: Limits,
     streamed: bool,
     session_id: str | None = None,
+    callback_url: str = "",
+    batch_id: uuid.UUID | None = None,
 ) -> Execution:
     """Take the tenant's quota, claim the session, record the execution and enqueue it.
 
@@ -82,6 +84,8 @@ def execution_start(
                 request=spec.to_stored(),
                 limits=limits.to_json(),
                 streamed=streamed,
+                callback_url=callback_url,
+                batch_id=batch_id,
             )
             if spec.secrets:
                 ttl = int(settings.ISOL8_QUEUE_TIMEOUT + 60)
@@ -156,6 +160,25 @@ def execution_wait(*, execution: Execution) -> bytes:
     return result_json(execution)
 
 
+def execution_replay_wait(*, execution: Execution) -> bytes:
+    """The result JSON of an execution another request started (an idempotent replay).
+
+    The row is read, not the Redis answer: that one belongs to the request
+    that started the run, which must not lose it to its retry.
+    """
+    limits = Limits.from_json(execution.limits)
+    deadline = time.monotonic() + settings.ISOL8_QUEUE_TIMEOUT + limits.timeout_ms / 1000 + settings.ISOL8_RESULT_GRACE
+    pause = 0.02
+    while True:
+        finished = Execution.objects.filter(pk=execution.pk, status__in=FINISHED).first()
+        if finished is not None:
+            return result_json(finished)
+        if time.monotonic() > deadline:
+            raise Unavailable("The execution of this Idempotency-Key has not finished; ask GET /executions/{id}")
+        time.sleep(pause)
+        pause = min(pause * 2, 0.5)
+
+
 def _pop(key: str, timeout: float) -> bytes | None:
     try:
         popped = get_redis().blpop([key], timeout=timeout)
@@ -187,6 +210,7 @@ def execution_cancel(*, execution: Execution) -> Execution:
         execution.refresh_from_db()
         _count_finished(execution)
         _announce_end(execution)
+        _webhook_on_end(execution)
         return execution
     if execution.status == Status.RUNNING:
         # The worker running it listens for this and kills the run.
@@ -212,7 +236,24 @@ def execution_fail(*, execution_id: str, reason: str) -> bool:
         except redis.RedisError:
             logger.exception("releasing the quota of %s failed (its slot expires by itself)", execution_id)
         _announce_end(execution)
+        _webhook_on_end(execution)
     return bool(updated)
+
+
+def _webhook_on_end(execution: Execution) -> None:
+    """A finished execution with a callbackUrl: its first delivery attempt, once the row is committed."""
+    if execution.callback_url:
+        execution_id = str(execution.pk)
+        transaction.on_commit(lambda: webhook_schedule(execution_id=execution_id, attempt=1))
+
+
+def webhook_schedule(*, execution_id: str, attempt: int, delay: float = 0.0) -> None:
+    """Queue delivery attempt ``attempt`` of an execution's webhook (executions/webhooks.py) in ``delay`` s."""
+    try:
+        dispatch.send(dispatch.DELIVER_WEBHOOK, execution_id, attempt, queue=settings.ISOL8_WEBHOOK_QUEUE,
+                      countdown=delay or None)
+    except Exception:
+        logger.exception("could not queue the webhook of %s (attempt %d)", execution_id, attempt)
 
 
 def _count_finished(execution: Execution) -> None:
@@ -421,6 +462,8 @@ def execution_finish(*, execution: Execution, result: RunResult, live: events.Li
         logger.exception("could not hand the result of %s to Redis; its waiter reads the row", execution.pk)
     if updated and live is not None:
         _publish_end(live, result)
+    if updated:
+        _webhook_on_end(execution)
 
 
 def answer_for(execution: Execution, result: RunResult) -> wire.ResultMessage:

@@ -3,7 +3,7 @@
 It imports no domain code. The worker process loads its tasks (worker/tasks.py)
 through ``imports``, which only a worker reads; the web sends tasks by name
 (isol8_site/dispatch.py). Start a worker with
-``celery -A isol8_site worker -P threads -Q isol8.run,isol8.host.<host>``
+``celery -A isol8_site worker -P threads -Q isol8.run,isol8.host.<host>,isol8.webhooks``
 (``manage.py serve`` does this). The thread pool matters: every run of a host
 shares the process's pool of warm sandboxes and their launcher connections.
 """

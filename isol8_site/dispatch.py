@@ -21,11 +21,17 @@ STOP_SESSION_CONTAINER = "isol8.stop_session_container"
 REMOVE_ORPHANS = "isol8.remove_orphans"
 REAP = "isol8.reap"
 PRUNE_SESSIONS = "isol8.prune_sessions"
+DELIVER_WEBHOOK = "isol8.deliver_webhook"
 
 
 def host_queue(host: str) -> str:
     """The queue only the worker of ``host`` consumes."""
     return f"isol8.host.{host}"
+
+
+def worker_queues(host: str) -> str:
+    """What the worker of ``host`` consumes (celery -Q): shared runs, its own work, webhook deliveries."""
+    return f"{settings.ISOL8_RUN_QUEUE},{host_queue(host)},{settings.ISOL8_WEBHOOK_QUEUE}"
 
 
 class _Sent:
@@ -41,8 +47,8 @@ class _Sent:
         self.ignored = True
 
 
-def send(name: str, *args: Any, queue: str | None = None) -> None:
-    """Send task ``name`` with ``args`` to ``queue`` (default: the shared run queue).
+def send(name: str, *args: Any, queue: str | None = None, countdown: float | None = None) -> None:
+    """Send task ``name`` with ``args`` to ``queue`` (default: the shared run queue), after ``countdown`` s.
 
     Publishing rides out a short Redis restart (CELERY_TASK_PUBLISH_RETRY_POLICY);
     if Redis stays away, kombu's OperationalError leaves here.
@@ -52,5 +58,5 @@ def send(name: str, *args: Any, queue: str | None = None) -> None:
     current_app.send_task(
         name, args=args, queue=queue or settings.ISOL8_RUN_QUEUE, ignore_result=True,
         result_cls=_Sent,  # type: ignore[arg-type]  # send_task only sets .ignored on it
-        headers=tracing.inject() or None,
+        headers=tracing.inject() or None, countdown=countdown,
     )

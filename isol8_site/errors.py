@@ -87,6 +87,10 @@ class InstallFailed(DomainError):
     code = "install_failed"
 
 
+class IdempotencyMismatch(DomainError):
+    code = "idempotency_mismatch"
+
+
 class QuotaExceeded(DomainError):
     code = "quota_exceeded"
 
@@ -143,6 +147,7 @@ STATUS_BY_CODE = {
     "unsupported_media_type": 415,
     "setup_failed": 422,
     "install_failed": 422,
+    "idempotency_mismatch": 422,
     "quota_exceeded": 429,
     "rate_limited": 429,
     "internal_error": 500,

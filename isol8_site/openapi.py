@@ -66,7 +66,8 @@ WHEN = {
     "`session_dead`, `session_not_started`).",
     413: "The body is over the route's limit (`payload_too_large`).",
     415: "The body is not `application/json` (`unsupported_media_type`).",
-    422: "The setup script or the package install failed (`setup_failed`, `install_failed`).",
+    422: "The setup script or the package install failed (`setup_failed`, `install_failed`), or an "
+    "Idempotency-Key was used before with another body (`idempotency_mismatch`).",
     429: "A tenant quota or the failed-authentication throttle is reached (`quota_exceeded`, "
     "`rate_limited`); see `Retry-After`.",
     503: "No capacity now: queue full, no worker alive, Docker down (`unavailable`); see `Retry-After`.",

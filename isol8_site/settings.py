@@ -370,6 +370,23 @@ ISOL8_OUTPUT_FILES_MAX = env_int("ISOL8_OUTPUT_FILES_MAX", 10 * 1024 * 1024)
 ISOL8_HISTORY_MAX_OUTPUT = env_int("ISOL8_HISTORY_MAX_OUTPUT", 1024 * 1024)
 # How long a queued run may wait for a worker before it fails with 503.
 ISOL8_QUEUE_TIMEOUT = env_float("ISOL8_QUEUE_TIMEOUT", 30.0)
+
+# Agents and pipelines (README "Batches, idempotency keys and webhooks").
+# POST /execute/batch takes at most this many requests (each one an execution).
+ISOL8_BATCH_MAX = env_int("ISOL8_BATCH_MAX", 50)
+# How long an Idempotency-Key answers with its first execution (a day, as Stripe's).
+ISOL8_IDEMPOTENCY_SECONDS = env_float("ISOL8_IDEMPOTENCY_SECONDS", 86400.0)
+# Webhook deliveries run in the workers, from a queue of their own (never on a run's path).
+ISOL8_WEBHOOK_QUEUE = env("ISOL8_WEBHOOK_QUEUE", "isol8.webhooks")
+# A failed delivery is tried again after BACKOFF, 2*BACKOFF, 4*BACKOFF ... seconds,
+# at most MAX_ATTEMPTS times and never later than RETRY_SECONDS after the run ended.
+ISOL8_WEBHOOK_BACKOFF_SECONDS = env_float("ISOL8_WEBHOOK_BACKOFF_SECONDS", 5.0)
+ISOL8_WEBHOOK_MAX_ATTEMPTS = env_int("ISOL8_WEBHOOK_MAX_ATTEMPTS", 8)
+ISOL8_WEBHOOK_RETRY_SECONDS = env_float("ISOL8_WEBHOOK_RETRY_SECONDS", 3600.0)
+ISOL8_WEBHOOK_TIMEOUT = env_float("ISOL8_WEBHOOK_TIMEOUT", 10.0)
+# Callbacks to loopback addresses (a receiver on this machine, for tests and
+# development). Off: a callback may reach only public addresses.
+ISOL8_WEBHOOK_ALLOW_LOOPBACK = env_bool("ISOL8_WEBHOOK_ALLOW_LOOPBACK", False)
 # Package installs (installPackages): the registries the egress proxy lets
 # installers reach, where installed package sets are cached (per tenant and set),
 # and how long one install may take.

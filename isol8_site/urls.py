@@ -18,6 +18,7 @@ urlpatterns = [
     path("metrics", executions.MetricsApi.as_view()),
     path("execute", executions.ExecuteApi.as_view()),
     path("execute/stream", executions.ExecuteStreamApi.as_view()),
+    path("execute/batch", executions.ExecuteBatchApi.as_view()),
     path("executions", executions.ExecutionListApi.as_view()),
     path("executions/<str:execution_id>", executions.ExecutionDetailApi.as_view()),
     path("executions/<str:execution_id>/events", executions.ExecutionEventsApi.as_view()),

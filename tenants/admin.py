@@ -11,7 +11,7 @@ from django.http import HttpRequest
 
 from tenants.models import ApiKey, Tenant
 from tenants.quotas import tenant_usage
-from tenants.services import apikey_create, apikey_revoke
+from tenants.services import apikey_create, apikey_revoke, tenant_rotate_webhook_secret
 
 
 class ApiKeyInline(admin.TabularInline):
@@ -34,8 +34,9 @@ class TenantAdmin(admin.ModelAdmin):
     )
     list_filter = ("is_active",)
     search_fields = ("slug", "name")
-    readonly_fields = ("created_at", "usage")
+    readonly_fields = ("created_at", "usage", "webhook_secret_set")
     inlines = [ApiKeyInline]
+    actions = ["rotate_webhook_secret"]
     fieldsets = (
         (None, {"fields": ("slug", "name", "is_active", "created_at", "usage")}),
         (
@@ -49,7 +50,22 @@ class TenantAdmin(admin.ModelAdmin):
                 )
             },
         ),
+        ("Webhooks (callbackUrl)", {"fields": ("callback_hosts", "webhook_secret_set")}),
     )
+
+    @admin.display(description="Webhook secret")
+    def webhook_secret_set(self, obj: Tenant) -> str:
+        # Never shown again after the action that set it.
+        return f"set ({obj.webhook_secret[:10]}...)" if obj.webhook_secret else "not set: use the action"
+
+    @admin.action(description="Set a new webhook secret (shown once)")
+    def rotate_webhook_secret(self, request: HttpRequest, queryset: QuerySet[Tenant]) -> None:
+        for tenant in queryset:
+            secret = tenant_rotate_webhook_secret(tenant=tenant)
+            self.message_user(
+                request, f"New webhook secret of {tenant.slug} (copy it now, it is not shown again): {secret}",
+                messages.WARNING,
+            )
 
     @admin.display(description="Usage now")
     def usage(self, obj: Tenant) -> str:

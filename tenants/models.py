@@ -143,6 +143,16 @@ class Tenant(models.Model):
         null=True, blank=True, default=default_max_session_cpus,
         help_text="CPU limits of all live sessions together; empty = unlimited.",
     )
+    # Webhooks (callbackUrl): only to these hosts, signed with this secret.
+    callback_hosts = models.JSONField(
+        default=list, blank=True,
+        help_text='Host names a callbackUrl may name: "hooks.example.com" or "*.example.com" (any subdomain). '
+        "Empty = no callbacks. Private, loopback and link-local addresses are refused whatever the list says.",
+    )
+    webhook_secret = models.CharField(
+        max_length=80, blank=True, editable=False,
+        help_text="Signs callbacks (HMAC-SHA256). Set with the admin action, which shows it once.",
+    )
 
     class Meta:
         ordering = ["slug"]

@@ -75,3 +75,11 @@ def apikey_touch(*, api_key: ApiKey) -> None:
     if api_key.last_used_at is None or now - api_key.last_used_at >= resolution:
         ApiKey.objects.filter(pk=api_key.pk).update(last_used_at=now)
         api_key.last_used_at = now
+
+
+def tenant_rotate_webhook_secret(*, tenant: Tenant) -> str:
+    """A new secret for signing the tenant's callbacks (the old one stops at once); shown to the caller only."""
+    secret = "whsec_" + secrets.token_hex(32)
+    Tenant.objects.filter(pk=tenant.pk).update(webhook_secret=secret)
+    tenant.webhook_secret = secret
+    return secret

@@ -108,7 +108,7 @@ class Stack:
     def start_worker(self, name: str = "worker", **extra_env: str) -> subprocess.Popen[bytes]:
         env = {**self.env, **extra_env}
         host = env["ISOL8_WORKER_HOST"]
-        queues = f"{env['ISOL8_RUN_QUEUE']},isol8.host.{host}"
+        queues = f"{env['ISOL8_RUN_QUEUE']},isol8.host.{host},{settings.ISOL8_WEBHOOK_QUEUE}"
         log = open(self.log_dir / f"{name}-{self.mode}.log", "ab")  # noqa: SIM115 - lives with the process
         proc = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "isol8_site", "worker", "-P", "threads",

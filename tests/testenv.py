@@ -30,3 +30,6 @@ os.environ.setdefault("ISOL8_FILE_OP_TIMEOUT", "5")
 os.environ.setdefault("ISOL8_BODY_TIMEOUT", "3")
 os.environ.setdefault("ISOL8_HEAD_TIMEOUT", "3")
 os.environ.setdefault("ISOL8_METER_SECONDS", "2")
+# Webhook tests post to a receiver on loopback, and watch retries without waiting long.
+os.environ.setdefault("ISOL8_WEBHOOK_ALLOW_LOOPBACK", "true")
+os.environ.setdefault("ISOL8_WEBHOOK_BACKOFF_SECONDS", "0.5")

@@ -11,6 +11,7 @@ from typing import Any
 from celery import shared_task
 from celery.signals import worker_ready, worker_shutdown, worker_shutting_down
 
+from executions import services, webhooks
 from executions.reaper import reap_lost_executions
 from isol8_site import dispatch, tracing, wire
 from sessions_app.services import sessions_prune
@@ -39,6 +40,14 @@ def stop_session_container(session_pk: int, container_id: str) -> None:
 def remove_orphans(request_id: str) -> None:
     """POST /cleanup: remove this host's leaked containers and say how many."""
     wire.push(wire.cleanup_key(request_id), get_worker().remove_orphans_now(), ttl=60)
+
+
+@shared_task(name=dispatch.DELIVER_WEBHOOK, ignore_result=True)
+def deliver_webhook(execution_id: str, attempt: int) -> None:
+    """One attempt at POSTing a finished execution's result to its callbackUrl; queues the next if it failed."""
+    delay = webhooks.deliver(execution_id=execution_id, attempt=attempt)
+    if delay is not None:
+        services.webhook_schedule(execution_id=execution_id, attempt=attempt + 1, delay=delay)
 
 
 @shared_task(name=dispatch.REAP, ignore_result=True)

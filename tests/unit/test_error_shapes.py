@@ -66,7 +66,8 @@ DOMAIN_ERRORS = [
     (errors.Unauthorized("x"), 401), (errors.Forbidden("x"), 403), (errors.PolicyDenied("x"), 403),
     (errors.NotFound("x"), 404), (errors.SessionBusy("x"), 409), (errors.SessionDead("x"), 409),
     (errors.SessionNotStarted("x"), 409), (errors.PayloadTooLarge("x"), 413), (errors.SetupFailed("x"), 422),
-    (errors.InstallFailed("x"), 422), (errors.QuotaExceeded("x", retry_after=1), 429),
+    (errors.InstallFailed("x"), 422), (errors.IdempotencyMismatch("x"), 422),
+    (errors.QuotaExceeded("x", retry_after=1), 429),
     (errors.RateLimited("x", retry_after=2), 429), (errors.Unavailable("x"), 503), (errors.SandboxFull("x"), 507),
 ]
 

@@ -24,7 +24,7 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from isol8_site.config import ConfigError, load_config
-from isol8_site.dispatch import host_queue
+from isol8_site.dispatch import worker_queues
 from isol8_site.redis import get_redis
 from isol8_site.web import uvicorn_argv
 from sandbox import config as sandbox_config
@@ -86,7 +86,7 @@ class Command(BaseCommand):
                 python, "-m", "celery", "-A", "isol8_site", "worker", "-P", "threads",
                 "-c", str(settings.ISOL8_WORKER_CONCURRENCY), "-n", f"isol8@{host}",
                 # WARNING: two INFO lines per task are CPU on every run, and noise.
-                "-Q", f"{settings.ISOL8_RUN_QUEUE},{host_queue(host)}", "-l", "WARNING",
+                "-Q", worker_queues(host), "-l", "WARNING",
                 "--without-gossip", "--without-mingle",
             ],
         }
