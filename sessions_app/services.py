@@ -15,6 +15,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
+from django.db.models import F
 from django.utils import timezone
 
 from isol8_site import dispatch, errors, metrics, wire
@@ -123,6 +124,14 @@ def _claim(session: Session, owner: uuid.UUID) -> None:
 
 
 def _session_create(*, tenant: Tenant, session_id: str, runtime: str, limits: Limits) -> Session:
+    """A new live session of ``tenant`` if its caps allow one more (called inside a transaction).
+
+    The tenant's row is written first (a no-op update): on PostgreSQL that
+    locks the row, on SQLite it takes the database's write lock, so that two
+    requests creating the tenant's last allowed session at once cannot both
+    count one free place; the second counts after the first committed.
+    """
+    Tenant.objects.filter(pk=tenant.pk).update(max_sessions=F("max_sessions"))
     if tenant.max_sessions is not None and live_session_count(tenant=tenant) >= tenant.max_sessions:
         metrics.rejected(tenant=tenant.slug, kind="sessions")
         raise QuotaExceeded(

@@ -178,3 +178,29 @@ def test_session_quota_is_429(api, tenant):
     assert response.status_code == 429
     assert response.json()["code"] == "quota_exceeded" and "sessions" in response.json()["error"]
     assert "Retry-After" in response.headers
+
+
+def test_concurrent_new_sessions_never_exceed_the_tenant_cap(stack, tenant):
+    """Eight requests at once for eight new sessions, room for three: exactly three get one (count-then-insert race)."""
+    tenant.max_sessions = 3
+    tenant.max_concurrent = None
+    tenant.save()
+    key = make_key(tenant)
+    barrier = threading.Barrier(8)
+    answers: list[int] = []
+
+    def create(n: int) -> None:
+        with stack.client(key) as client:
+            barrier.wait()
+            answers.append(in_session(client, f"race-{n}", {"runtime": "bash", "code": "true"}).status_code)
+
+    threads = [threading.Thread(target=create, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert sorted(answers) == [200] * 3 + [429] * 5, answers
+    assert Session.objects.live().filter(tenant=tenant).count() == 3
+    with stack.client(key) as client:
+        for session in client.get("/sessions").json()["sessions"]:
+            client.delete(f"/session/{session['id']}")
