@@ -10,6 +10,7 @@ network said.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import sys
@@ -100,7 +101,7 @@ def _retry_hint(exc: Isol8Error) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argparse tree: run, sessions list|stop, file put|get, serve."""
+    """The argparse tree: run, sessions list|stop, file put|get, mcp, serve."""
     parser = argparse.ArgumentParser(prog="isol8", description="Run code on a remote isol8 server.")
     parser.add_argument("--version", action="version", version=f"isol8 client {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -108,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run(commands, common)
     _add_sessions(commands, common)
     _add_file(commands, common)
+    _add_mcp(commands, common)
     commands.add_parser(
         "serve", help="start the server: runs `python manage.py serve ARGS` in the project checkout",
         add_help=False,
@@ -176,6 +178,24 @@ def _add_file(commands: argparse._SubParsersAction[argparse.ArgumentParser],
     get.add_argument("local", nargs="?", help="destination (default: REMOTE's name here; - for stdout)")
     get.add_argument("--session-id", required=True)
     get.set_defaults(handler=cmd_file_get)
+
+
+def _add_mcp(commands: argparse._SubParsersAction[argparse.ArgumentParser],
+             common: argparse.ArgumentParser) -> None:
+    mcp = commands.add_parser(
+        "mcp", parents=[common], help="serve the isol8 server's tools to AI assistants over MCP",
+        description="An MCP server with the tools run_code, session_run, upload_file, download_file, "
+        "list_sessions and stop_session, which call the isol8 server given by --host/--key "
+        "($ISOL8_HOST/$ISOL8_API_KEY). Needs the MCP SDK: pip install 'isol8-client[mcp]'.",
+    )
+    mcp.add_argument("--transport", choices=("stdio", "http"), default="stdio",
+                     help="stdio (default): the MCP host starts this command; "
+                          "http: streamable HTTP at http://BIND:PORT/mcp")
+    # Not --host: in every isol8 command --host is the isol8 server's URL.
+    mcp.add_argument("--bind", default="127.0.0.1", metavar="ADDRESS",
+                     help="http: address to listen on (default 127.0.0.1, this machine only)")
+    mcp.add_argument("--port", type=int, default=8000, help="http: port to listen on (default 8000)")
+    mcp.set_defaults(handler=cmd_mcp)
 
 
 # -- connecting ------------------------------------------------------------------
@@ -420,6 +440,26 @@ def cmd_file_get(args: argparse.Namespace, transport: httpx.BaseTransport | None
         raise UsageError(f"Cannot write {local}: {exc}") from exc
     print(f"Downloaded {args.remote} from session {args.session_id} to {local} ({len(content)} bytes).")
     return 0
+
+
+# -- isol8 mcp ---------------------------------------------------------------------
+
+
+def cmd_mcp(args: argparse.Namespace, transport: httpx.BaseTransport | None) -> int:
+    """``isol8 mcp``: run the MCP server until its client goes away or Ctrl-C.
+
+    ``transport`` (the tests' sync mock) is not used: the MCP server is async
+    and its tests build it with an async transport of their own.
+    """
+    host, key = endpoint(args)
+    # The MCP SDK is an optional extra, so it is imported only for this command:
+    # `isol8 run` and the library must keep working where it is not installed.
+    if importlib.util.find_spec("mcp") is None:
+        raise UsageError("isol8 mcp needs the MCP Python SDK: pip install 'isol8-client[mcp]'")
+    from isol8_client import mcp_server
+
+    target = mcp_server.Isol8Target(host=host, api_key=key, retry=args.retry)
+    return mcp_server.serve(target=target, transport=args.transport, bind=args.bind, port=args.port)
 
 
 # -- isol8 serve -------------------------------------------------------------------
