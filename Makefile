@@ -21,9 +21,19 @@ test-fast:
 	$(MAKE) lint
 	$(PY) -m pytest tests/unit tests/api $(PYTEST_ARGS)
 
+# The stack tests run on SQLite (both sandbox modes) and on PostgreSQL (the
+# distribution's, started by scripts/postgres.sh; launcher mode). DB=sqlite or
+# DB=postgres runs one of them.
+DB ?= both
 test-stack:
 	scripts/bootstrap.sh --dev
+ifneq ($(DB),postgres)
 	$(PY) -m pytest tests/stack $(PYTEST_ARGS)
+endif
+ifneq ($(DB),sqlite)
+	scripts/postgres.sh
+	ISOL8_TEST_DB=postgres ISOL8_TEST_MODES=launcher $(PY) -m pytest tests/stack $(PYTEST_ARGS)
+endif
 
 lint:
 	.venv/bin/ruff check .

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib import admin
+from django.db import close_old_connections
 from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
 from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html
@@ -68,6 +69,7 @@ class ExecutionAdmin(admin.ModelAdmin):
         if execution is None:
             raise Http404
         after = events.parse_last_event_id(request.headers.get("Last-Event-ID"))
+        close_old_connections()  # the stream reads the database from other threads: release this one's now
         response = StreamingHttpResponse(events.stream_for(execution, after=after), content_type="text/event-stream")
         response["Cache-Control"] = "no-cache"
         response["X-Accel-Buffering"] = "no"

@@ -10,11 +10,18 @@ from urllib.parse import urlencode
 
 from asgiref.sync import async_to_sync
 from django.conf import settings
+from django.db import close_old_connections
 from django.db.models import Count
 from django.http import HttpResponse, StreamingHttpResponse
 from django.utils.dateparse import parse_datetime
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, inline_serializer
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    OpenApiResponse,
+    extend_schema,
+    extend_schema_field,
+    inline_serializer,
+)
 from prometheus_client import CONTENT_TYPE_LATEST
 from rest_framework import serializers
 from rest_framework.request import Request
@@ -56,6 +63,10 @@ PAGE_SIZE = 50
 
 
 def sse_response(stream: Any, execution_id: object) -> StreamingHttpResponse:
+    # The stream may last minutes and reads the database only from other
+    # threads: give this request thread's connection back now, not when the
+    # stream ends (500 open streams would hold 500 connections, or the pool).
+    close_old_connections()
     response = StreamingHttpResponse(stream, content_type="text/event-stream")
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"  # proxies must not buffer a live stream
@@ -242,6 +253,11 @@ class ExecuteBatchApi(APIView):
         return {"batchId": str(batch_id), "items": items, "started": started, "refused": len(items) - started}
 
 
+@extend_schema_field(OpenApiTypes.STR)
+class AnyUuidField(serializers.UUIDField):
+    """A UUID in any of its spellings (hyphens or not, braces, urn:uuid:): a string in the document."""
+
+
 class ExecutionListApi(APIView):
     """GET /executions: this tenant's history, newest first, with filters."""
 
@@ -254,7 +270,7 @@ class ExecutionListApi(APIView):
         until = serializers.CharField(required=False, allow_blank=True, help_text="ISO-8601 date-time")
         before = serializers.CharField(required=False, allow_blank=True,
                                        help_text="Cursor: the last id of the previous page (see `next`)")
-        batch = serializers.UUIDField(required=False, help_text="Only the executions of this batch")
+        batch = AnyUuidField(required=False, help_text="Only the executions of this batch (a batchId)")
 
     @extend_schema(
         operation_id="executions_list",

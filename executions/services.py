@@ -419,14 +419,14 @@ def execution_finish(*, execution: Execution, result: RunResult, live: events.Li
     fields: dict[str, Any] = {
         "status": result.status,
         "exit_code": result.exit_code,
-        "stdout": result.stdout[:max_history],
-        "stderr": result.stderr[:max_history],
+        "stdout": storable(result.stdout[:max_history]),
+        "stderr": storable(result.stderr[:max_history]),
         "stdout_truncated": result.stdout_truncated,
         "stderr_truncated": result.stderr_truncated,
         "stdout_bytes": result.stdout_total,
         "stderr_bytes": result.stderr_total,
         "timed_out": result.timed_out,
-        "error": result.error,
+        "error": storable(result.error),
         "files": result.files,
         "finished_at": timezone.now(),
         "duration_ms": result.duration_ms,
@@ -464,6 +464,15 @@ def execution_finish(*, execution: Execution, result: RunResult, live: events.Li
         _publish_end(live, result)
     if updated:
         _webhook_on_end(execution)
+
+
+def storable(text: str) -> str:
+    """Program output as the history keeps it: NUL characters become U+FFFD.
+
+    PostgreSQL cannot store NUL in text; the same on SQLite keeps the result
+    one thing whatever the database. Live stream events carry the raw text.
+    """
+    return text.replace("\x00", "\ufffd") if "\x00" in text else text
 
 
 def answer_for(execution: Execution, result: RunResult) -> wire.ResultMessage:

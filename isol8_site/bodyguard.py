@@ -82,6 +82,10 @@ class BodyGuard:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
+        if "\x00" in path or b"%00" in scope.get("query_string", b""):
+            # No id, slug or filter has one, and PostgreSQL refuses NUL in any text it is asked to compare.
+            await answer(send, 400, error_body("validation_error", "The URL must not contain NUL characters"))
+            return
         limit = limit_for(path)
         declared = _header(scope, b"content-length")
         chunked = "chunked" in (_header(scope, b"transfer-encoding") or "").lower()

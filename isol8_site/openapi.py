@@ -53,8 +53,8 @@ class ErrorSerializer(serializers.Serializer):
 
 
 WHEN = {
-    400: "The body or a parameter is invalid (`invalid_json`, `validation_error`, `unsupported_runtime`, "
-    "`path_outside_sandbox`).",
+    400: "The body, a parameter or the URL is invalid (`invalid_json`, `validation_error`, "
+    "`unsupported_runtime`, `path_outside_sandbox`).",
     401: "No key, or an unknown, revoked or expired one (`unauthorized`).",
     403: "The key may not do this: a disabled tenant, a master-only route, or an option the tenant's policy "
     "does not allow (`forbidden`, `policy_denied`).",
@@ -74,8 +74,9 @@ WHEN = {
     507: "The session's sandbox is out of space (`sandbox_full`).",
 }
 
-# What any route that takes a key can answer; a route that reads a body adds BODY.
-AUTH = (401, 403, 405, 429)
+# What any route that takes a key can answer (400: a NUL character in the URL);
+# a route that reads a body adds BODY.
+AUTH = (400, 401, 403, 405, 429)
 BODY = (400, 408, 413, 415)
 
 

@@ -45,6 +45,10 @@ class Text(serializers.CharField):
     def to_internal_value(self, data: Any) -> str:
         if not isinstance(data, str):
             self.fail("invalid")
+        if "\x00" in data:
+            # The history keeps requests as text, and PostgreSQL refuses NUL in
+            # text and JSON alike: refused on every database, with a reason.
+            raise serializers.ValidationError("Must not contain NUL characters (send binary data base64-encoded).")
         return str(super().to_internal_value(data))
 
 

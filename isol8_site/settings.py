@@ -167,6 +167,19 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     }
     # A file, not memory: the test suite's web and worker processes share it.
     DATABASES["default"]["TEST"] = {"NAME": str(DATA_DIR / "test_db.sqlite3")}
+elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    # A pool per process (psycopg_pool): each concurrent request runs in a
+    # thread of its own, so a burst of 300 WebSocket handshakes would open 300
+    # connections and meet PostgreSQL's max_connections (100 by default) with
+    # "too many clients". With the pool a burst waits for one of
+    # ISOL8_DB_POOL_SIZE connections instead (up to ISOL8_DB_POOL_TIMEOUT s).
+    # Size it so that (web processes + workers) x size stays under max_connections.
+    DATABASES["default"]["CONN_MAX_AGE"] = 0  # the pool keeps them; Django must not
+    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+        "min_size": 1,
+        "max_size": env_int("ISOL8_DB_POOL_SIZE", 20),
+        "timeout": env_float("ISOL8_DB_POOL_TIMEOUT", 30.0),
+    }
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 LANGUAGE_CODE = "en-us"

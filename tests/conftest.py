@@ -134,6 +134,14 @@ class Stack:
         wait_healthy(self.url, timeout=timeout)
 
 
+def test_database_url() -> str:
+    """The test database (pytest-django's, made by now) as a URL for the stack's own processes."""
+    db = settings.DATABASES["default"]
+    if db["ENGINE"] == "django.db.backends.sqlite3":
+        return f"sqlite:///{db['NAME']}"
+    return f"postgres://{db['USER']}:{db['PASSWORD']}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
+
+
 @pytest.fixture(scope="session", params=MODES)
 def stack(request: pytest.FixtureRequest, django_db_setup: Any, django_db_blocker: Any) -> Iterator[Stack]:
     from sandbox import containers, images
@@ -144,13 +152,12 @@ def stack(request: pytest.FixtureRequest, django_db_setup: Any, django_db_blocke
     mode = request.param
     # The admin's styles and scripts, as `make run` serves them (quick when unchanged).
     call_command("collectstatic", interactive=False, verbosity=0)
-    db_name = settings.DATABASES["default"]["NAME"]
     port = free_port()
     log_dir = Path(settings.DATA_DIR) / "logs"
     log_dir.mkdir(exist_ok=True)
     env = {
         **{k: v for k, v in os.environ.items() if k != "DJANGO_ALLOW_ASYNC_UNSAFE"},
-        "DATABASE_URL": f"sqlite:///{db_name}",
+        "DATABASE_URL": test_database_url(),
         "ISOL8_SANDBOX_MODE": mode,
         "PYTHONUNBUFFERED": "1",
     }

@@ -12,6 +12,13 @@ from pathlib import Path
 _run_id = f"test-{os.getpid()}"
 _password_file = Path(__file__).resolve().parent.parent / "var" / "redis.password"
 _auth = f":{_password_file.read_text().strip()}@" if _password_file.exists() else ""
+# ISOL8_TEST_DB=postgres: the suite runs on the PostgreSQL that scripts/postgres.sh
+# starts (the distribution's), in a test database of this run's own.
+_pg_url_file = _password_file.with_name("postgres.url")
+if os.environ.get("ISOL8_TEST_DB") == "postgres" and "DATABASE_URL" not in os.environ:
+    if not _pg_url_file.exists():
+        raise SystemExit("ISOL8_TEST_DB=postgres: run scripts/postgres.sh first (make test-stack does)")
+    os.environ["DATABASE_URL"] = f"{_pg_url_file.read_text().strip()}/isol8_{os.getpid()}"
 os.environ.setdefault("REDIS_URL", f"redis://{_auth}127.0.0.1:6379/15")
 os.environ.setdefault("ISOL8_EVENTS_REDIS_URL", f"redis://{_auth}127.0.0.1:6380/15")
 os.environ.setdefault("ISOL8_DATA_DIR", tempfile.mkdtemp(prefix="isol8-test-"))

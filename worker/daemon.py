@@ -55,7 +55,9 @@ class Worker:
     def start(self) -> None:
         # Worker threads live long: let each keep its database connection
         # instead of opening one per run (the web's per-request threads cannot).
-        connections["default"].settings_dict["CONN_MAX_AGE"] = settings.ISOL8_WORKER_DB_CONN_MAX_AGE
+        # (With PostgreSQL's pool, the pool keeps them: Django refuses a max age there.)
+        if "pool" not in connections["default"].settings_dict.get("OPTIONS", {}):
+            connections["default"].settings_dict["CONN_MAX_AGE"] = settings.ISOL8_WORKER_DB_CONN_MAX_AGE
         # Runs block on sockets and wake up often; with CPython's default 5 ms
         # switch interval a waking run thread can wait that long for the GIL
         # behind the pool's housekeeping threads.

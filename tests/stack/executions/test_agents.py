@@ -203,7 +203,9 @@ def test_a_streamed_retry_replays_the_first_stream(stack, hook_tenant):
     assert first.headers["X-Execution-Id"] == second.headers["X-Execution-Id"]
     assert second.headers["Idempotent-Replayed"] == "true"
     for stream in (first.text, second.text):
-        assert '"data":"once\\n"' in stream and '"type":"exit"' in stream, stream
+        events = [json.loads(line[6:]) for line in stream.splitlines() if line.startswith("data: ")]
+        assert "".join(e["data"] for e in events if e["type"] == "stdout") == "once\n", stream
+        assert events[-1]["type"] == "exit", stream
     assert Execution.objects.filter(tenant=tenant).count() == 1
 
 

@@ -77,3 +77,15 @@ def test_hostile_input_is_refused_cleanly(api, nothing_created, method, path, bo
     if code:
         assert response.json()["code"] == code
         assert response.json()["error"]
+
+
+def test_nul_characters_are_refused_in_requests_and_replaced_in_stored_output(api):
+    """PostgreSQL cannot store NUL in text: the same clear behaviour on every database, never a 500."""
+    refused = api.post("/execute", json={"request": {"runtime": "python", "code": "print(1)\x00"}})
+    assert refused.status_code == 400 and "NUL" in refused.json()["error"], refused.text
+    assert api.get("/executions", params={"runtime": "py\x00thon"}).status_code == 400
+    assert api.get("/auth/keys", params={"tenantId": "a\x00b"}).status_code == 400
+    printed = api.post("/execute", json={"request": {"runtime": "python", "code": "print('a\\0b')"}})
+    assert printed.status_code == 200 and printed.json()["stdout"] == "a\ufffdb", printed.text
+    record = api.get(f"/executions/{printed.json()['executionId']}").json()
+    assert record["stdout"] == "a\ufffdb"

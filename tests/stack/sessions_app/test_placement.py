@@ -61,10 +61,17 @@ def test_sessions_survive_a_worker_restart(api, stack, tenant):
 
 def test_two_worker_hosts_each_serve_their_own_sessions(api, stack, tenant):
     second_host = stack.env["ISOL8_WORKER_HOST"] + "-b"
+    # Whichever worker takes a new session's first run holds it (placement by
+    # capacity is issue 19): room for enough sessions that both get some.
+    tenant.max_sessions = tenant.max_session_cpus = tenant.max_session_memory = None
+    tenant.save()
     stack.start_worker("worker-b", ISOL8_WORKER_HOST=second_host)
+    from isol8_site import wire
+
+    assert wait_for(lambda: second_host in wire.alive_hosts(wire.worker_beats()), 60), "worker-b never beat"
     try:
         hosts: dict[str, str] = {}
-        for i in range(12):
+        for i in range(30):
             name = f"placed-{i}"
             response = in_session(api, name, f"echo {name} > who.txt")
             assert response.status_code == 200, response.text
