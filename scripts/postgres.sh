@@ -3,7 +3,8 @@
 #   - installs `postgresql` when missing (as root)
 #   - starts the distribution's cluster (Debian: `pg_ctlcluster <version> main`) when it is down;
 #     it listens on loopback only (Debian's default)
-#   - makes a login role `isol8_test` (password in var/postgres.password, made once) that may
+#   - makes a login role `isol8_test_<checkout>` (one per checkout, so two checkouts' test runs
+#     never change each other's password; password in var/postgres.password, made once) that may
 #     create databases: pytest-django creates and drops its own test database
 # Writes the server's URL without a database name to var/postgres.url (tests/testenv.py adds one
 # per test run). Used by `make test-stack` (DB=postgres or both).
@@ -37,13 +38,14 @@ umask 077
 mkdir -p var
 [ -s var/postgres.password ] || head -c 18 /dev/urandom | od -An -tx1 | tr -d ' \n' > var/postgres.password
 PASSWORD=$(cat var/postgres.password)
+ROLE="isol8_test_$(pwd | sha256sum | cut -c1-8)"
 psql_root() { as_root runuser -u postgres -- psql -p "$PORT" -v ON_ERROR_STOP=1 -qtAX "$@"; }
 for _ in $(seq 1 40); do psql_root -c "SELECT 1" >/dev/null 2>&1 && break; sleep 0.25; done
-if [ "$(psql_root -c "SELECT 1 FROM pg_roles WHERE rolname = 'isol8_test'")" = 1 ]; then
-  psql_root -c "ALTER ROLE isol8_test WITH LOGIN CREATEDB PASSWORD '$PASSWORD'" >/dev/null
+if [ "$(psql_root -c "SELECT 1 FROM pg_roles WHERE rolname = '$ROLE'")" = 1 ]; then
+  psql_root -c "ALTER ROLE $ROLE WITH LOGIN CREATEDB PASSWORD '$PASSWORD'" >/dev/null
 else
-  say "creating the role isol8_test"
-  psql_root -c "CREATE ROLE isol8_test WITH LOGIN CREATEDB PASSWORD '$PASSWORD'" >/dev/null
+  say "creating the role $ROLE"
+  psql_root -c "CREATE ROLE $ROLE WITH LOGIN CREATEDB PASSWORD '$PASSWORD'" >/dev/null
 fi
-echo "postgres://isol8_test:$PASSWORD@127.0.0.1:$PORT" > var/postgres.url
-say "postgresql $VERSION ready for the tests on 127.0.0.1:$PORT (role isol8_test)"
+echo "postgres://$ROLE:$PASSWORD@127.0.0.1:$PORT" > var/postgres.url
+say "postgresql $VERSION ready for the tests on 127.0.0.1:$PORT (role $ROLE)"
