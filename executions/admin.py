@@ -13,6 +13,11 @@ from django.utils.html import format_html
 from executions import events
 from executions.models import FINISHED, Execution, WebhookAttempt
 
+# The landing page is the operator dashboard (runs by status, latency, top
+# tenants, sandboxes per host) above the usual app list; the template draws it
+# with {% operator_dashboard %} (executions/templatetags/isol8_dashboard.py).
+admin.site.index_template = "admin/isol8_index.html"
+
 
 class WebhookAttemptInline(admin.TabularInline):
     """Each try at delivering the execution's callback (read-only history)."""

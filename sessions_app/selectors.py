@@ -1,10 +1,10 @@
-"""Reads of sessions, always scoped to a tenant."""
+"""Reads of sessions, scoped to a tenant; the last one is the operator's count across all of them."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from django.db.models import QuerySet
+from django.db.models import Count, QuerySet
 
 from sessions_app.models import Session
 from tenants.models import Tenant
@@ -26,3 +26,12 @@ def live_session_limits(*, tenant: Tenant) -> list[dict[str, Any]]:
 
 def live_session_count(*, tenant: Tenant) -> int:
     return Session.objects.live().filter(tenant=tenant).count()
+
+
+def live_sessions_per_host() -> dict[str, int]:
+    """Live sessions of all tenants by the worker host holding their container ("" while not placed yet).
+
+    Not tenant-scoped: the operator's view (the admin dashboard).
+    """
+    rows = Session.objects.live().order_by().values_list("worker_host").annotate(n=Count("pk"))
+    return dict(rows)

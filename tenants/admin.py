@@ -8,7 +8,10 @@ from django import forms
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
+from django.utils.html import format_html, format_html_join
+from django.utils.safestring import SafeString, mark_safe
 
+from isol8_site import charts
 from tenants.models import ApiKey, Tenant
 from tenants.quotas import tenant_usage
 from tenants.services import apikey_create, apikey_revoke, tenant_rotate_webhook_secret
@@ -34,11 +37,12 @@ class TenantAdmin(admin.ModelAdmin):
     )
     list_filter = ("is_active",)
     search_fields = ("slug", "name")
-    readonly_fields = ("created_at", "usage", "webhook_secret_set")
+    readonly_fields = ("created_at", "usage", "quota_meters", "webhook_secret_set")
     inlines = [ApiKeyInline]
     actions = ["rotate_webhook_secret"]
     fieldsets = (
         (None, {"fields": ("slug", "name", "is_active", "created_at", "usage")}),
+        ("Quota usage now", {"fields": ("quota_meters",)}),
         (
             "Quotas and caps",
             {
@@ -82,6 +86,31 @@ class TenantAdmin(admin.ModelAdmin):
             f"{obj.sessions.live().count()}/{_cap(obj.max_sessions)} sessions, "
             f"{usage.month_seconds:.0f}s this month"
             + (f" of {obj.monthly_seconds}s" if obj.monthly_seconds is not None else "")
+        )
+
+
+    @admin.display(description="Quotas")
+    def quota_meters(self, obj: Tenant) -> SafeString | str:
+        """One bar per quota, from the counters the quota checks themselves read (tenants/quotas.py)."""
+        if obj.pk is None:
+            return "-"
+        try:
+            usage = tenant_usage(tenant=obj)
+        except Exception as exc:  # noqa: BLE001 - the page must render when Redis is down
+            return f"unavailable ({exc.__class__.__name__})"
+        meters = [
+            charts.meter(label="Concurrency: executions running now", used=usage.running, cap=obj.max_concurrent),
+            charts.meter(label="Rate: executions started in the last minute", used=usage.last_minute,
+                         cap=obj.max_per_minute),
+            charts.meter(label="Execution seconds this month", used=round(usage.month_seconds, 1),
+                         cap=obj.monthly_seconds, unit=" s"),
+            # The reverse relation's manager is sessions_app's, with its one definition of live.
+            charts.meter(label="Live sessions", used=obj.sessions.live().count(), cap=obj.max_sessions),
+        ]
+        # isol8_site.charts escapes every text it is given.
+        return format_html(
+            '<div class="isol8-meters" style="display:grid;gap:8px;max-width:460px;width:100%">{}</div>',
+            format_html_join("", "{}", ((mark_safe(svg),) for svg in meters)),
         )
 
 
