@@ -13,7 +13,7 @@ from django.utils.safestring import SafeString, mark_safe
 
 from isol8_site import charts
 from tenants.models import ApiKey, Tenant
-from tenants.quotas import tenant_usage
+from tenants.quotas import Usage, tenant_usage
 from tenants.services import apikey_create, apikey_revoke, tenant_rotate_webhook_secret
 
 
@@ -73,12 +73,9 @@ class TenantAdmin(admin.ModelAdmin):
 
     @admin.display(description="Usage now")
     def usage(self, obj: Tenant) -> str:
-        if obj.pk is None:
-            return "-"
-        try:
-            usage = tenant_usage(tenant=obj)
-        except Exception as exc:  # noqa: BLE001 - the page must render when Redis is down
-            return f"unavailable ({exc.__class__.__name__})"
+        usage = _usage(obj)
+        if isinstance(usage, str):
+            return usage
         return (
             f"{usage.running}/{_cap(obj.max_concurrent)} running, "
             f"{usage.last_minute}/{_cap(obj.max_per_minute)} this minute, "
@@ -92,12 +89,9 @@ class TenantAdmin(admin.ModelAdmin):
     @admin.display(description="Quotas")
     def quota_meters(self, obj: Tenant) -> SafeString | str:
         """One bar per quota, from the counters the quota checks themselves read (tenants/quotas.py)."""
-        if obj.pk is None:
-            return "-"
-        try:
-            usage = tenant_usage(tenant=obj)
-        except Exception as exc:  # noqa: BLE001 - the page must render when Redis is down
-            return f"unavailable ({exc.__class__.__name__})"
+        usage = _usage(obj)
+        if isinstance(usage, str):
+            return usage
         meters = [
             charts.meter(label="Concurrency: executions running now", used=usage.running, cap=obj.max_concurrent),
             charts.meter(label="Rate: executions started in the last minute", used=usage.last_minute,
@@ -112,6 +106,16 @@ class TenantAdmin(admin.ModelAdmin):
             '<div class="isol8-meters" style="display:grid;gap:8px;max-width:460px;width:100%">{}</div>',
             format_html_join("", "{}", ((mark_safe(svg),) for svg in meters)),
         )
+
+
+def _usage(obj: Tenant) -> Usage | str:
+    """The tenant's usage now, or what to show instead (a new tenant, Redis down: the page must render)."""
+    if obj.pk is None:
+        return "-"
+    try:
+        return tenant_usage(tenant=obj)
+    except Exception as exc:  # noqa: BLE001 - the page must render when Redis is down
+        return f"unavailable ({exc.__class__.__name__})"
 
 
 def _cap(value: int | None) -> str:
