@@ -51,6 +51,7 @@ LABEL_POOL = "isol8.pool"
 LABEL_MODE = "isol8.mode"
 LABEL_UID = "isol8.uid"
 LABEL_ROLE = "isol8.role"
+LABEL_CREATION = "isol8.creation"  # a nonce per creation: the sweep spares a container still being made
 
 
 class UidAllocator:
@@ -294,18 +295,26 @@ class ExecTransport:
 
 # The containers this process holds: every Sandbox object alive here (weakly,
 # so one dropped without destroy() is an orphan again) and those being created
-# right now. The orphan sweep never removes these, however old they are: a
-# warm sandbox on its way from the pool to a run, one being reset, a package
-# install that takes minutes.
+# right now, known by the nonce label they were created with (their id is not
+# known until Docker's create call returns, which under load can take longer
+# than ISOL8_ORPHAN_MIN_AGE). The orphan sweep never removes these, however
+# old they are: a warm sandbox on its way from the pool to a run, one being
+# reset, a package install that takes minutes.
 _held: weakref.WeakValueDictionary[str, Sandbox] = weakref.WeakValueDictionary()
-_creating: set[str] = set()
+_creating: set[str] = set()  # nonces (LABEL_CREATION) of creations in progress
 _held_lock = threading.Lock()
 
 
 def held_container_ids() -> set[str]:
-    """Containers a live Sandbox object of this process holds, or that are being created."""
+    """Containers a live Sandbox object of this process holds."""
     with _held_lock:
-        return set(_held.keys()) | _creating
+        return set(_held.keys())
+
+
+def being_created(labels: dict[str, str]) -> bool:
+    """A container this process is creating right now (by its labels)."""
+    with _held_lock:
+        return labels.get(LABEL_CREATION) in _creating
 
 
 @dataclass
@@ -430,22 +439,25 @@ def create_sandbox(
     """Create and start a hardened container; returns once its launcher can take requests."""
     mode = mode or current().mode
     uid = uids().allocate()
+    nonce = uuid.uuid4().hex
     config = hardened_config(
         runtime=runtime,
         limits=limits,
-        labels={LABEL_RUNTIME: runtime, LABEL_MODE: mode, **labels},
+        labels={LABEL_RUNTIME: runtime, LABEL_MODE: mode, LABEL_CREATION: nonce, **labels},
         mode=mode,
         egress=egress,
         image=image,
         uid=uid,
     )
+    with _held_lock:
+        _creating.add(nonce)
     try:
         container_id = dockerapi.create_container(config)
     except SandboxError:
         uids().release(uid)
+        with _held_lock:
+            _creating.discard(nonce)
         raise
-    with _held_lock:
-        _creating.add(container_id)
     try:
         transport: LauncherTransport | ExecTransport
         if mode == "launcher":
@@ -465,7 +477,7 @@ def create_sandbox(
         raise
     finally:
         with _held_lock:
-            _creating.discard(container_id)
+            _creating.discard(nonce)
 
 
 def adopt_sandbox(*, container_id: str, runtime: str, limits: Limits) -> Sandbox | None:

@@ -159,7 +159,8 @@ def remove_orphans(*, keep: Callable[[], set[str]], min_age: float = 0.0, proxie
         return 0
     kept = keep()
     for container in managed:
-        if container.id in kept or time.time() - container.created < min_age:
+        young = time.time() - container.created < min_age
+        if container.id in kept or containers.being_created(container.labels) or young:
             continue
         if container.labels.get(LABEL_ROLE) == PROXY_ROLE and not proxies:
             continue  # this host's shared egress proxy: removed only when the worker stops

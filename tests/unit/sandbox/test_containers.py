@@ -91,12 +91,18 @@ def fake_engine(engine, monkeypatch):
     """Docker calls recorded; start_container notes what the sweep would spare at that moment."""
     calls: dict[str, Any] = {"removed": [], "held_at_start": None, "start_fails": False}
 
+    def create(config: dict[str, Any]) -> str:
+        calls["labels"] = config["labels"]
+        calls["creating_during_create"] = containers.being_created(config["labels"])
+        return "fresh-1"
+
     def start(container_id: str) -> None:
-        calls["held_at_start"] = containers.held_container_ids()
+        calls["held_at_start"] = containers.held_container_ids() | (
+            {container_id} if containers.being_created(calls["labels"]) else set())
         if calls["start_fails"]:
             raise SandboxError("the Docker engine refused to start a container")
 
-    monkeypatch.setattr(containers.dockerapi, "create_container", lambda config: "fresh-1")
+    monkeypatch.setattr(containers.dockerapi, "create_container", create)
     monkeypatch.setattr(containers.dockerapi, "start_container", start)
     monkeypatch.setattr(containers.dockerapi, "remove_container", calls["removed"].append)
     monkeypatch.setattr(containers, "LauncherTransport", FakeAttach)
@@ -105,7 +111,9 @@ def fake_engine(engine, monkeypatch):
 
 def test_a_container_is_held_from_its_creation_until_destroyed(fake_engine):
     box = containers.create_sandbox(runtime="python", limits=LIMITS, labels={})
+    assert fake_engine["creating_during_create"]  # Docker may list it before create returns: spared by its label
     assert "fresh-1" in fake_engine["held_at_start"]  # created, not started: already spared
+    assert not containers.being_created(fake_engine["labels"])
     assert "fresh-1" in containers.held_container_ids()
     box.destroy()
     assert fake_engine["removed"] == ["fresh-1"] and "fresh-1" not in containers.held_container_ids()
