@@ -94,6 +94,13 @@ def _first_outcome(row: IdempotencyKey) -> IdempotencyKey | None:
     raise Unavailable(f"The first request with this {HEADER} is still starting; try again shortly")
 
 
+def purge_expired(*, now: Any = None) -> int:
+    """Delete keys past ISOL8_IDEMPOTENCY_SECONDS (beat, hourly): how many went. Their executions stay."""
+    cutoff = (now or timezone.now()) - timedelta(seconds=settings.ISOL8_IDEMPOTENCY_SECONDS)
+    deleted, _ = IdempotencyKey.objects.filter(created_at__lt=cutoff).delete()
+    return int(deleted)
+
+
 def run_once(
     *, tenant: Tenant, key: str, route: str, body: Any, start: Callable[[], tuple[Execution | None, Any]]
 ) -> Outcome:

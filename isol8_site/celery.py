@@ -34,3 +34,4 @@ def _schedule(sender: Celery, **kwargs: Any) -> None:
     sender.add_periodic_task(
         settings.ISOL8_PRUNE_SECONDS, sender.signature(dispatch.PRUNE_SESSIONS), name="prune sessions"
     )
+    sender.add_periodic_task(3600.0, sender.signature(dispatch.PURGE_IDEMPOTENCY_KEYS), name="purge idempotency keys")

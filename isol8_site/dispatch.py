@@ -22,6 +22,7 @@ REMOVE_ORPHANS = "isol8.remove_orphans"
 REAP = "isol8.reap"
 PRUNE_SESSIONS = "isol8.prune_sessions"
 DELIVER_WEBHOOK = "isol8.deliver_webhook"
+PURGE_IDEMPOTENCY_KEYS = "isol8.purge_idempotency_keys"
 
 
 def host_queue(host: str) -> str:

@@ -11,7 +11,7 @@ from typing import Any
 from celery import shared_task
 from celery.signals import worker_ready, worker_shutdown, worker_shutting_down
 
-from executions import services, webhooks
+from executions import idempotency, services, webhooks
 from executions.reaper import reap_lost_executions
 from isol8_site import dispatch, tracing, wire
 from sessions_app.services import sessions_prune
@@ -48,6 +48,12 @@ def deliver_webhook(execution_id: str, attempt: int) -> None:
     delay = webhooks.deliver(execution_id=execution_id, attempt=attempt)
     if delay is not None:
         services.webhook_schedule(execution_id=execution_id, attempt=attempt + 1, delay=delay)
+
+
+@shared_task(name=dispatch.PURGE_IDEMPOTENCY_KEYS, ignore_result=True)
+def purge_idempotency_keys() -> int:
+    """Periodic (beat): forget Idempotency-Keys older than ISOL8_IDEMPOTENCY_SECONDS."""
+    return idempotency.purge_expired()
 
 
 @shared_task(name=dispatch.REAP, ignore_result=True)
