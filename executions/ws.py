@@ -2,7 +2,10 @@
 
 One execution per connection, as isol8. The upgrade request is authenticated
 by its ``Authorization`` header like every route (no key in query strings);
-a refused upgrade is answered with the usual JSON error and its status.
+a refused upgrade is answered with the usual JSON error and its status. A
+browser, which cannot set that header, comes with ``?token=`` from
+``POST /session/{id}/token`` instead: its execute must then run in that
+session (tenants/tokens.py).
 
 Client messages (JSON text frames):
 
@@ -37,6 +40,7 @@ import base64
 import json
 import logging
 from typing import Any
+from urllib.parse import parse_qs
 
 import redis
 from asgiref.sync import ThreadSensitiveContext, sync_to_async
@@ -48,8 +52,9 @@ from executions import events, services
 from executions.apis import start_execution
 from executions.models import FINISHED, Execution
 from isol8_site import errors, wire
-from isol8_site.errors import DomainError, ValidationFailed
+from isol8_site.errors import DomainError, ValidationFailed, unauthorized
 from tenants.authentication import Principal, authenticate_headers
+from tenants.tokens import TokenInvalidError, session_scope, session_token_read
 
 logger = logging.getLogger(__name__)
 
@@ -69,16 +74,20 @@ def sse_data(text: str) -> list[str]:
     return found
 
 
-def error_message(data: str, code: str) -> str:
-    return json.dumps({"type": "error", "data": data, "code": code})
+def error_message(data: str, code: str, *, status: int | None = None) -> str:
+    """An error this route reports itself; ``status`` (the HTTP route's) only on a refused execute."""
+    message: dict[str, object] = {"type": "error", "data": data, "code": code}
+    if status is not None:
+        message["status"] = status
+    return json.dumps(message)
 
 
-def described(exc: BaseException) -> tuple[str, str]:
-    """(code, sentence) of a refused execute, in the words of the HTTP routes' errors."""
+def described(exc: BaseException) -> tuple[str, str, int]:
+    """(code, sentence, status) of a refused execute, in the words of the HTTP routes' errors."""
     response = errors.exception_handler(exc, {"view": "ExecuteSocket"}) if isinstance(exc, Exception) else None
     if response is None or not isinstance(response.data, dict):
-        return "internal_error", errors.INTERNAL_MESSAGE
-    return str(response.data.get("code", "error")), str(response.data.get("error", ""))
+        return "internal_error", errors.INTERNAL_MESSAGE, 500
+    return str(response.data.get("code", "error")), str(response.data.get("error", "")), response.status_code
 
 
 class ExecuteSocket(AsyncWebsocketConsumer):
@@ -98,7 +107,7 @@ class ExecuteSocket(AsyncWebsocketConsumer):
 
     async def websocket_connect(self, message: dict[str, Any]) -> None:
         try:
-            self.principal = await database_sync_to_async(authenticate_headers)(self.scope)
+            self.principal = await database_sync_to_async(authenticate_upgrade)(self.scope)
         except DomainError as exc:
             await self.refuse_upgrade(exc)
             raise StopConsumer() from None
@@ -148,6 +157,14 @@ class ExecuteSocket(AsyncWebsocketConsumer):
             )
             return
         body = {key: message[key] for key in ("request", "options", "sessionId") if key in message}
+        bound = self.principal.scope
+        if bound is not None and session_scope(str(body.get("sessionId"))) != bound:
+            await self.send(text_data=error_message(
+                f"This connection's token is for session {bound.removeprefix('session:')}: "
+                "the execute message must name it as sessionId", "forbidden", status=403))
+            self.ended = True
+            await self.close(code=1000)
+            return
         slot = events.StreamSlot(self.principal.tenant.slug)
         try:
             await sync_to_async(slot.acquire)()
@@ -158,8 +175,8 @@ class ExecuteSocket(AsyncWebsocketConsumer):
                 await slot.release()
                 raise
         except Exception as exc:  # noqa: BLE001 - every refusal becomes its error message
-            code, text = described(exc)
-            await self.send(text_data=error_message(text, code))
+            code, text, status = described(exc)
+            await self.send(text_data=error_message(text, code, status=status))
             self.ended = True
             await self.close(code=1000)
             return
@@ -246,6 +263,19 @@ class ExecuteSocket(AsyncWebsocketConsumer):
     async def refuse(self, exc: DomainError) -> None:
         """A bad input message: its error, and the connection stays open."""
         await self.send(text_data=error_message(exc.message, exc.code))
+
+
+def authenticate_upgrade(scope: dict[str, Any]) -> Principal:
+    """The caller of an upgrade: its Authorization header, or else a session token in ``?token=``."""
+    has_header = any(name == b"authorization" for name, _ in scope.get("headers", []))
+    token = parse_qs(bytes(scope.get("query_string", b"")).decode("latin-1")).get("token", [""])[0]
+    if has_header or not token:
+        return authenticate_headers(scope)
+    try:
+        tenant, api_key, session_id = session_token_read(token=token)
+    except TokenInvalidError as exc:
+        raise unauthorized(str(exc)) from exc
+    return Principal(tenant=tenant, api_key=api_key, is_master=False, scope=session_scope(session_id))
 
 
 def cancel_unfinished(execution_id: str) -> None:

@@ -1,17 +1,30 @@
-"""Admin: sessions with their placement and age, a terminate action, their executions."""
+"""Admin: sessions with their placement and age, a terminate action, their executions, a live terminal.
+
+The terminal page (``<id>/terminal/``, staff with the ``open_terminal``
+permission) runs ``bash -i`` on a pseudo-terminal in the session's container,
+through GET /execute/ws like any client: the page gets a session token minted
+for the staff user (never an API key), xterm.js draws the terminal.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 from django.contrib import admin
+from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
-from django.http import HttpRequest
+from django.http import Http404, HttpRequest, HttpResponse
+from django.template.response import TemplateResponse
+from django.urls import URLPattern, path, reverse
 from django.utils import timezone
 from django.utils.html import format_html
 
 from sessions_app.models import Session
 from sessions_app.services import session_stop
+from tenants.tokens import TERMINAL_PERMISSION, session_scope, stream_token_mint
+
+# What the terminal runs: an interactive shell (every sandbox image has bash).
+TERMINAL_COMMAND = "bash -i"
 
 
 @admin.register(Session)
@@ -24,7 +37,7 @@ class SessionAdmin(admin.ModelAdmin):
     search_fields = ("session_id", "tenant__slug", "container_id")
     readonly_fields = (
         "tenant", "session_id", "runtime", "state", "state_reason", "container_id", "worker_host",
-        "limits", "busy_execution", "created_at", "last_used_at", "executions_link",
+        "limits", "busy_execution", "created_at", "last_used_at", "executions_link", "terminal_link",
     )
     fields = readonly_fields
     actions = ["terminate"]
@@ -45,6 +58,47 @@ class SessionAdmin(admin.ModelAdmin):
             obj.pk,
             obj.executions.count(),
         )
+
+    @admin.display(description="terminal")
+    def terminal_link(self, obj: Session) -> str:
+        if not obj.is_live:
+            return "-"
+        url = reverse("admin:sessions_app_session_terminal", args=[obj.pk])
+        return format_html('<a href="{}">Open a live terminal (bash) in this session</a>', url)
+
+    def get_urls(self) -> list[URLPattern]:
+        terminal = self.admin_site.admin_view(self.terminal_view)
+        return [
+            path("<int:object_id>/terminal/", terminal, name="sessions_app_session_terminal"),
+            *super().get_urls(),
+        ]
+
+    def terminal_view(self, request: HttpRequest, object_id: int) -> HttpResponse:
+        """A live terminal into the session, over GET /execute/ws with a token minted for this staff user."""
+        if not request.user.has_perm(TERMINAL_PERMISSION):
+            raise PermissionDenied
+        session = Session.objects.select_related("tenant").filter(pk=object_id).first()
+        if session is None:
+            raise Http404
+        live = session.is_live and session.tenant.is_active
+        context = {
+            **self.admin_site.each_context(request),
+            "title": f"Terminal: session {session.session_id}",
+            "opts": self.model._meta,
+            "original": session,
+            "live": live,
+        }
+        if live:
+            minted = stream_token_mint(
+                tenant=session.tenant, api_key=None, scope=session_scope(session.session_id),
+                staff_user_id=request.user.pk,
+            )
+            context.update(
+                token=minted.token,
+                command=TERMINAL_COMMAND,
+                timeout_ms=session.tenant.max_timeout_ms,
+            )
+        return TemplateResponse(request, "admin/sessions_app/session/terminal.html", context)
 
     @admin.action(description="Terminate selected sessions (stops their containers)")
     def terminate(self, request: HttpRequest, queryset: QuerySet[Session]) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from urllib.parse import urlencode
 
 from django.conf import settings
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
@@ -19,6 +20,7 @@ from sessions_app import selectors, services
 from sessions_app.models import SESSION_ID, Session
 from sessions_app.serializers import SessionIdField
 from tenants.authentication import principal_of
+from tenants.tokens import session_scope, stream_token_mint
 
 
 def _iso(value: object) -> str | None:
@@ -82,6 +84,41 @@ class SessionDeleteApi(APIView):
         if session is not None:
             services.session_stop(session=session, reason="deleted by the client")
         return Response({"ok": True})
+
+
+class SessionTokenApi(APIView):
+    """POST /session/{id}/token: a short-lived token for a browser's WebSocket into this session."""
+
+    @extend_schema(
+        operation_id="session_token",
+        summary="A short-lived token to open GET /execute/ws into this session from a browser",
+        description=(
+            "A browser's WebSocket cannot send `Authorization`. Connect to `wsUrl` instead: the "
+            "connection is this tenant's, and its `execute` must name this `sessionId` (a session "
+            "that does not exist yet is created by it, as over HTTP). Valid `ISOL8_STREAM_TOKEN_TTL` "
+            "seconds, for any number of connections, and dead at once when the key is revoked."
+        ),
+        request=None,
+        responses={
+            200: inline_serializer("SessionToken", {
+                "token": serializers.CharField(),
+                "expiresAt": serializers.DateTimeField(),
+                "wsUrl": serializers.CharField(help_text="Open it with `new WebSocket(...)`: no header needed"),
+            }),
+            **errors(*AUTH, 400),
+        },
+    )
+    def post(self, request: Request, session_id: str) -> Response:
+        principal = principal_of(request)
+        session_id = _session_id(session_id)
+        minted = stream_token_mint(
+            tenant=principal.tenant, api_key=principal.api_key, scope=session_scope(session_id)
+        )
+        return Response({
+            "token": minted.token,
+            "expiresAt": _iso(minted.expires_at),
+            "wsUrl": "/execute/ws?" + urlencode({"token": minted.token}),
+        })
 
 
 def _session_id(value: object) -> str:

@@ -52,6 +52,8 @@ class Session(models.Model):
 
     class Meta:
         ordering = ["-last_used_at"]
+        # The admin's live terminal into a session (tenants/tokens.py checks it on every use).
+        permissions = [("open_terminal", "Can open a live terminal into a session")]
         constraints = [
             # Live sessions are unique per tenant and id; stopped ones stay as history.
             models.UniqueConstraint(

@@ -20,6 +20,7 @@ from isol8_client.errors import (
     ServerError,
     UnavailableError,
 )
+from isol8_client.interactive import InteractiveRun
 from isol8_client.models import ExecutionResult, SessionInfo, StreamEvent
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "BadRequestError",
     "ConflictError",
     "ExecutionResult",
+    "InteractiveRun",
     "Isol8ConnectionError",
     "Isol8Error",
     "NotFoundError",

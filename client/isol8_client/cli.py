@@ -21,6 +21,7 @@ from typing import Any, TextIO
 
 import httpx
 
+from isol8_client import terminal
 from isol8_client._version import __version__
 from isol8_client.client import RemoteIsol8
 from isol8_client.errors import (
@@ -101,12 +102,13 @@ def _retry_hint(exc: Isol8Error) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argparse tree: run, sessions list|stop, file put|get, mcp, serve."""
+    """The argparse tree: run, shell, sessions list|stop, file put|get, mcp, serve."""
     parser = argparse.ArgumentParser(prog="isol8", description="Run code on a remote isol8 server.")
     parser.add_argument("--version", action="version", version=f"isol8 client {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     common = _common_options()
     _add_run(commands, common)
+    _add_shell(commands, common)
     _add_sessions(commands, common)
     _add_file(commands, common)
     _add_mcp(commands, common)
@@ -149,7 +151,27 @@ def _add_run(commands: argparse._SubParsersAction[argparse.ArgumentParser],
                      help="secret environment variable, masked as *** in the output")
     run.add_argument("--no-stream", dest="stream", action="store_false",
                      help="wait for the end and print the whole output")
+    run.add_argument("-i", "--interactive", action="store_true",
+                     help="this terminal's (or pipe's) stdin goes to the program as it runs; "
+                          "Ctrl-C sends it SIGINT (over the WebSocket route)")
     run.set_defaults(handler=cmd_run)
+
+
+def _add_shell(commands: argparse._SubParsersAction[argparse.ArgumentParser],
+               common: argparse.ArgumentParser) -> None:
+    shell = commands.add_parser(
+        "shell", parents=[common], help="a terminal in a session (bash -i unless --cmd)",
+        description="Runs a command (default `bash -i`) on a pseudo-terminal in session SESSION "
+        "(created if it does not exist), with this terminal in raw mode: keys, Ctrl-C and the "
+        "window size go to it. Exit the shell (or Ctrl-D) to leave; the session stays.",
+    )
+    shell.add_argument("session", metavar="SESSION", help="session id")
+    shell.add_argument("--cmd", default="bash -i", help="what to run (default: bash -i; e.g. python3)")
+    shell.add_argument("-r", "--runtime",
+                       help="the session's runtime (default: the existing session's, else bash)")
+    shell.add_argument("--timeout", type=int, metavar="MS",
+                       help="time limit in milliseconds (default: the server's)")
+    shell.set_defaults(handler=cmd_shell)
 
 
 def _add_sessions(commands: argparse._SubParsersAction[argparse.ArgumentParser],
@@ -227,10 +249,16 @@ def endpoint(args: argparse.Namespace) -> tuple[str, str]:
 def cmd_run(args: argparse.Namespace, transport: httpx.BaseTransport | None) -> int:
     """``isol8 run``: execute code, streamed by default, and pass the exit code on."""
     endpoint(args)  # complain about a missing key before waiting for code on stdin
+    if args.interactive and not (args.file or args.code is not None or args.cmd):
+        raise UsageError("-i gives stdin to the program: give the code as FILE, -e CODE or --cmd.")
+    if args.interactive and (args.stdin is not None or not args.stream):
+        raise UsageError("-i streams stdin live: it goes with neither --stdin nor --no-stream.")
     source = read_source(args)
     session_id = args.session_id or (f"cli-{int(time.time() * 1000)}" if args.persistent else None)
     client = connect(args, transport, session_id, **run_options(args))
     try:
+        if args.interactive:
+            return run_interactive(client, source)
         if args.stream:
             try:
                 return stream_to_terminal(client.execute_stream(**source))
@@ -246,6 +274,38 @@ def cmd_run(args: argparse.Namespace, transport: httpx.BaseTransport | None) -> 
     finally:
         # An explicit --session-id is the user's to keep; a generated one is ours to delete.
         finish_session(client, keep=args.session_id is not None)
+
+
+def run_interactive(client: RemoteIsol8, source: dict[str, Any]) -> int:
+    """``isol8 run -i``: stdin pumped into the run as it comes, Ctrl-C → SIGINT, the exit code passed on."""
+    with client.interactive(**source) as run:
+        terminal.pump_stdin(run)
+        with terminal.interrupts_go_to(run):
+            exit_code = terminal.copy_output(run)
+    if exit_code is None:
+        return fail("The run ended before the program's exit code arrived.", FAILURE)
+    return exit_code
+
+
+# -- isol8 shell -----------------------------------------------------------------
+
+
+def cmd_shell(args: argparse.Namespace, transport: httpx.BaseTransport | None) -> int:
+    """``isol8 shell SESSION``: a terminal in the session; the session stays afterwards."""
+    client = connect(args, transport, args.session)
+    try:
+        runtime = args.runtime or next(
+            (s.runtime for s in client.list_sessions() if s.id == args.session and s.runtime), "bash"
+        )
+        run = client.interactive(cmd=args.cmd, runtime=runtime, tty=True, timeout_ms=args.timeout)
+        with run, terminal.raw_terminal(run), terminal.interrupts_go_to(run):
+            terminal.pump_stdin(run)
+            exit_code = terminal.copy_output(run)
+    finally:
+        client.close()
+    if exit_code is None:
+        return fail("The shell ended before its exit code arrived.", FAILURE)
+    return exit_code
 
 
 def read_source(args: argparse.Namespace) -> dict[str, Any]:

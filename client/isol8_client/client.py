@@ -1,13 +1,17 @@
 """``RemoteIsol8``: the blocking client, a Python twin of isol8's TypeScript RemoteIsol8.
 
-It speaks only HTTP + SSE (never isol8's WebSocket path, which drops the
-session id), so it works against this server and against the original one.
+``execute``, ``execute_stream`` and the file and session calls speak HTTP +
+SSE, so they work against this server and against the original one.
+``interactive()`` (and ``execute_stream(stdin=<iterable>)``) use this server's
+``GET /execute/ws`` with live stdin, signals and terminals (isol8 only
+reserved those messages).
 """
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -15,6 +19,7 @@ import httpx
 
 from isol8_client import _protocol as proto
 from isol8_client.errors import Isol8Error, NotFoundError
+from isol8_client.interactive import InteractiveRun, open_run
 from isol8_client.models import ExecutionResult, SessionInfo, StreamEvent
 
 
@@ -48,9 +53,9 @@ class RemoteIsol8:
         self.last_execution_id: str | None = None
         self.options = proto.options_to_wire(options)
         self.retry_policy = proto.RetryPolicy(retry, max_retries, max_retry_wait)
-        self._http = httpx.Client(
-            base_url=self.host, headers=proto.auth_headers(api_key), timeout=timeout, transport=transport
-        )
+        self._headers = proto.auth_headers(api_key)
+        self._connect_timeout = timeout.connect if isinstance(timeout, httpx.Timeout) else timeout
+        self._http = httpx.Client(base_url=self.host, headers=self._headers, timeout=timeout, transport=transport)
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -124,7 +129,7 @@ class RemoteIsol8:
         *,
         runtime: str = "python",
         cmd: str | None = None,
-        stdin: str | None = None,
+        stdin: str | Iterable[str | bytes] | None = None,
         env: Mapping[str, str] | None = None,
         files: Mapping[str, str | bytes] | None = None,
         output_paths: Sequence[str] | None = None,
@@ -138,13 +143,53 @@ class RemoteIsol8:
         The request is sent when iteration starts; errors the server gives
         before the stream (401, 429...) are raised from the first ``next()``.
         Leaving the loop early closes the connection.
+
+        ``stdin`` as a string is the program's whole input, as in isol8. Any
+        other iterable (a file, a generator, a queue's iterator) is fed to the
+        running program item by item as the iterable yields them, over
+        GET /execute/ws, then its stdin is closed; leaving the loop early then
+        cancels the run.
         """
+        whole = stdin if isinstance(stdin, str) else None
         request = proto.build_request(
-            code=code, runtime=runtime, cmd=cmd, stdin=stdin, env=env, files=files,
+            code=code, runtime=runtime, cmd=cmd, stdin=whole, env=env, files=files,
             output_paths=output_paths, timeout_ms=timeout_ms, file_extension=file_extension,
             workdir=workdir, setup_script=setup_script,
         )
+        if stdin is not None and not isinstance(stdin, str):
+            return self._fed(request, stdin)
         return self._stream(self._body(request))
+
+    def interactive(
+        self,
+        code: str | None = None,
+        *,
+        runtime: str = "python",
+        cmd: str | None = None,
+        tty: bool = False,
+        env: Mapping[str, str] | None = None,
+        files: Mapping[str, str | bytes] | None = None,
+        timeout_ms: int | None = None,
+        file_extension: str | None = None,
+        workdir: str | None = None,
+    ) -> InteractiveRun:
+        """Start a run over GET /execute/ws and return it while it runs.
+
+        Iterate the returned ``InteractiveRun`` for its events; from any
+        thread, ``send()`` writes to its stdin, ``close_stdin()`` ends it,
+        ``signal("SIGINT")`` interrupts it and, with ``tty=True`` (the program
+        on a pseudo-terminal: REPLs, ``bash -i``), ``resize(cols, rows)`` sets
+        the terminal's size. Closing it (or its ``with`` block) before the
+        ``exit`` event cancels the run. It runs in this client's session, if
+        it has one.
+        """
+        request = proto.build_request(
+            code=code, runtime=runtime, cmd=cmd, stdin=None, env=env, files=files, output_paths=None,
+            timeout_ms=timeout_ms, file_extension=file_extension, workdir=workdir, setup_script=None,
+        )
+        if tty:
+            request["tty"] = True
+        return open_run(self.host, self._headers, self._body(request), open_timeout=self._connect_timeout)
 
     def cancel(self, execution_id: str) -> None:
         """Kill a queued or running execution (POST /executions/{id}/cancel).
@@ -220,6 +265,20 @@ class RemoteIsol8:
             assert error is not None
             self._wait_or_raise(error, attempt)
             attempt += 1
+
+    def _fed(self, request: dict[str, Any], stdin: Iterable[str | bytes]) -> Iterator[StreamEvent]:
+        """A run over the WebSocket whose stdin a thread feeds from ``stdin`` while its events are read."""
+        run = open_run(self.host, self._headers, self._body(request), open_timeout=self._connect_timeout)
+
+        def feed() -> None:
+            for chunk in stdin:
+                run.send(chunk)
+            run.close_stdin()
+
+        feeder = threading.Thread(target=feed, name="isol8-stdin", daemon=True)
+        with run:
+            feeder.start()
+            yield from run
 
     def _stream(self, body: dict[str, Any]) -> Iterator[StreamEvent]:
         response = self._open_stream(body)
