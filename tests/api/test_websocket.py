@@ -29,13 +29,13 @@ TIMEOUT = 10
 class Socket:
     """One WebSocket connection to the app, as the ASGI server would drive it."""
 
-    def __init__(self, key: str | None, *, http_response: bool = True) -> None:
+    def __init__(self, key: str | None, *, http_response: bool = True, query: str = "") -> None:
         headers = [(b"authorization", f"Bearer {key}".encode())] if key else []
         scope: dict[str, Any] = {
             "type": "websocket",
             "path": "/execute/ws",
             "raw_path": b"/execute/ws",
-            "query_string": b"",
+            "query_string": query.encode(),
             "headers": headers,
             "client": ("127.0.0.1", 50000),
             "server": ("127.0.0.1", 3000),
