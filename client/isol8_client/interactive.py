@@ -120,12 +120,14 @@ def open_run(
 ) -> InteractiveRun:
     """Connect to ``/execute/ws``, send the ``execute`` message, return the run."""
     try:
+        # Entered by hand: websockets 17 wants connect() used as a context
+        # manager (older releases return the connection, whose __enter__ is itself).
         connection = connect(
             websocket_url(host),
             additional_headers=dict(headers),
             open_timeout=open_timeout,
             max_size=None,  # the server bounds output; a frame is one event
-        )
+        ).__enter__()
     except InvalidStatus as exc:
         answer = exc.response
         response = httpx.Response(answer.status_code, headers=list(answer.headers.raw_items()), content=bytes(answer.body))

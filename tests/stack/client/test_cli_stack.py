@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import select
 import signal
+import struct
 import subprocess
+import termios
 import time
 from pathlib import Path
 from typing import Any
@@ -259,3 +263,100 @@ def test_serve_runs_a_server_that_isol8_run_can_use(tmp_path: Path) -> None:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
         log.close()
+
+
+# -- run -i and shell: the WebSocket route from the command line ---------------------
+
+
+def test_run_interactive_answers_each_line_as_it_is_sent(env: dict[str, str]) -> None:
+    code = "import sys\nfor line in sys.stdin:\n    print('got', line.strip(), flush=True)\nprint('eof')\n"
+    proc = subprocess.Popen([str(ISOL8), "run", "-i", "-e", code], env=env, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdin is not None and proc.stdout is not None
+    for word in ("one", "two", "three"):
+        proc.stdin.write(f"{word}\n".encode())
+        proc.stdin.flush()
+        # Its answer comes before the next line is sent: the input is live, not gathered.
+        assert proc.stdout.readline() == f"got {word}\n".encode()
+    proc.stdin.close()
+    assert proc.stdout.read() == b"eof\n"
+    assert proc.wait(timeout=30) == 0
+
+
+def test_run_interactive_ctrl_c_reaches_the_program(env: dict[str, str]) -> None:
+    code = (
+        "import time\ntry:\n    print('ready', flush=True)\n    time.sleep(60)\n"
+        "except KeyboardInterrupt:\n    print('interrupted', flush=True)\n    raise SystemExit(4)\n"
+    )
+    proc = subprocess.Popen([str(ISOL8), "run", "-i", "-e", code], env=env, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.default_int_handler))
+    assert proc.stdout is not None
+    assert proc.stdout.readline() == b"ready\n"
+    proc.send_signal(signal.SIGINT)
+    # The program's own handler ran in the sandbox and chose its exit code; the CLI lived on to pass it.
+    assert proc.stdout.readline() == b"interrupted\n"
+    assert proc.wait(timeout=30) == 4
+
+
+def test_run_interactive_without_code_is_a_usage_error(env: dict[str, str]) -> None:
+    run = isol8("run", "-i", env=env, input="print(1)")
+    assert run.returncode == 2 and "-i gives stdin to the program" in run.stderr
+
+
+class Terminal:
+    """The `isol8` command on a pseudo-terminal of its own, as a user's terminal runs it."""
+
+    def __init__(self, args: list[str], env: dict[str, str], *, cols: int = 100, rows: int = 30) -> None:
+        self.master, slave = os.openpty()
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+        self.proc = subprocess.Popen([str(ISOL8), *args], env=env, stdin=slave, stdout=slave, stderr=slave,
+                                     start_new_session=True)
+        os.close(slave)
+        self.seen = b""
+
+    def type(self, keys: bytes) -> None:
+        os.write(self.master, keys)
+
+    def expect(self, text: bytes, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while text not in self.seen:
+            left = deadline - time.monotonic()
+            assert left > 0, f"{text!r} not seen in {self.seen!r}"
+            ready, _, _ = select.select([self.master], [], [], min(left, 0.5))
+            if ready:
+                try:
+                    self.seen += os.read(self.master, 65536)
+                except OSError:  # the command ended and closed the terminal
+                    assert text in self.seen, f"{text!r} not seen in {self.seen!r}"
+
+    def close(self) -> int:
+        try:
+            return self.proc.wait(timeout=30)
+        finally:
+            os.close(self.master)
+
+
+def test_shell_is_a_terminal_in_the_session_and_its_files_stay(env: dict[str, str], stack: Stack) -> None:
+    session = f"shell-{os.getpid()}"
+    assert isol8("run", "--session-id", session, "-r", "python", "-e", "print('made')", env=env).returncode == 0
+    term = Terminal(["shell", session], env)
+    try:
+        term.expect(b"$ ")
+        term.type(b"stty size; echo $((6*7)) > answer.txt; cat answer.txt\r")
+        term.expect(b"30 100")  # this terminal's size, sent on start
+        term.expect(b"42")
+        term.type(b"sleep 60\r")
+        time.sleep(1)
+        term.type(b"\x03")  # Ctrl-C in raw mode: the sandbox's terminal makes it a SIGINT of sleep
+        term.type(b"echo after-interrupt\r")
+        term.expect(b"after-interrupt\r\n")
+        term.type(b"exit 3\r")
+        assert term.close() == 3
+    finally:
+        if term.proc.poll() is None:
+            term.proc.kill()
+    # The same session over HTTP sees the file the shell wrote.
+    got = isol8("file", "get", "/sandbox/answer.txt", "-", "--session-id", session, env=env)
+    assert (got.returncode, got.stdout) == (0, "42\n")
+    assert isol8("sessions", "stop", session, env=env).returncode == 0

@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 import pytest
+from isol8_client import RemoteIsol8
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection
 from websockets.sync.client import connect as ws_connect
@@ -410,3 +411,82 @@ def other_key(tenant: Any) -> str:
     from tenants.services import tenant_create
 
     return make_key(tenant_create(slug=f"{tenant.slug}-other", name="Another tenant"))
+
+
+# --------------------------------------------------- browsers: session tokens
+
+
+def test_a_session_token_opens_the_websocket_without_a_header(stack, api_key, other_key):
+    with stack.client(api_key) as api:
+        minted = api.post("/session/ws-token/token").json()
+        url = stack.url.replace("http://", "ws://") + minted["wsUrl"]
+        with ws_connect(url, open_timeout=10) as ws:  # no Authorization header, as a browser's WebSocket
+            execute(ws, {"runtime": "bash", "code": "echo via-token > t.txt; cat t.txt"}, sessionId="ws-token")
+            assert output(until_exit(ws)) == "via-token\n"
+        with ws_connect(url, open_timeout=10) as ws:
+            execute(ws, {"runtime": "bash", "code": "true"}, sessionId="elsewhere")
+            error = next_event(ws)
+            assert (error["type"], error["code"], error["status"]) == ("error", "forbidden", 403)
+            assert closed_with(ws) == 1000
+        # The file the token's run wrote is the session's, as over HTTP.
+        body = run(api, {"runtime": "bash", "code": "cat t.txt"}, sessionId="ws-token").json()
+        assert body["stdout"].rstrip("\n") == "via-token"
+        api.delete("/session/ws-token")
+    with pytest.raises(InvalidStatus) as refused:
+        ws_connect(url + "x", open_timeout=10)
+    assert refused.value.response.status_code == 401
+    # A header wins over the token: this connection is the other tenant's, bound to no session.
+    with ws_connect(url, additional_headers={"Authorization": f"Bearer {other_key}"}, open_timeout=10) as ws:
+        execute(ws, {"runtime": "bash", "code": "echo no-session"})
+        assert output(until_exit(ws)) == "no-session\n"
+
+
+# ------------------------------------------------------- the Python client
+
+
+def test_the_clients_execute_stream_feeds_an_iterable_as_the_program_reads(stack, api_key):
+    answers: list[str] = []
+    answered = threading.Event()
+
+    def lines():
+        for word in ("alpha", "beta"):
+            yield f"{word}\n"
+            # The next line waits for the answer to this one: input and output interleave.
+            assert answered.wait(30)
+            answered.clear()
+
+    code = "import sys\nfor line in sys.stdin:\n    print(line.strip().upper(), flush=True)\n"
+    with RemoteIsol8(stack.url, api_key) as client:
+        for event in client.execute_stream(code, stdin=lines()):
+            if event.type == "stdout":
+                answers.append(event.data)
+                answered.set()
+            elif event.type == "exit":
+                assert event.data == "0"
+    assert answers == ["ALPHA\n", "BETA\n"]
+
+
+def test_the_clients_interactive_run_takes_a_signal_and_a_terminal(stack, api_key):
+    with RemoteIsol8(stack.url, api_key) as client:
+        with client.interactive(cmd="python3 -q", runtime="python", tty=True) as term:
+            term.resize(90, 20)
+            term.send("import shutil; shutil.get_terminal_size()\r")
+            term.send("1+1\r")
+            seen = ""
+            events = iter(term)
+            while "2\r\n" not in seen or "columns=90" not in seen:
+                event = next(events)
+                assert event.type == "stdout", (event, seen)
+                seen += event.data
+            term.send("\x04")  # Ctrl-D: the REPL ends
+            assert next(e for e in events if e.type == "exit").exit_code == 0
+        code = (
+            "import time\ntry:\n    print('up', flush=True)\n    time.sleep(30)\n"
+            "except KeyboardInterrupt:\n    print('caught')"
+        )
+        with client.interactive(code) as run_:
+            events = iter(run_)
+            assert next(events).data == "up\n"
+            run_.signal("SIGINT")
+            rest = list(events)
+            assert "caught\n" in [e.data for e in rest] and rest[-1].exit_code == 0
