@@ -9,6 +9,7 @@ reserved those messages).
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -21,6 +22,8 @@ from isol8_client import _protocol as proto
 from isol8_client.errors import Isol8Error, NotFoundError
 from isol8_client.interactive import InteractiveRun, open_run
 from isol8_client.models import ExecutionResult, SessionInfo, StreamEvent
+
+logger = logging.getLogger(__name__)
 
 
 class RemoteIsol8:
@@ -271,9 +274,14 @@ class RemoteIsol8:
         run = open_run(self.host, self._headers, self._body(request), open_timeout=self._connect_timeout)
 
         def feed() -> None:
-            for chunk in stdin:
-                run.send(chunk)
-            run.close_stdin()
+            try:
+                for chunk in stdin:
+                    run.send(chunk)
+            except Exception:
+                # The iterable failed: the program gets no more input, nor waits for it.
+                logger.exception("the stdin iterable of execution_stream() failed; closing the run's stdin")
+            finally:
+                run.close_stdin()
 
         feeder = threading.Thread(target=feed, name="isol8-stdin", daemon=True)
         with run:

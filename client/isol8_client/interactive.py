@@ -14,6 +14,7 @@ on the server.
 
 from __future__ import annotations
 
+import codecs
 import json
 from collections.abc import Iterator, Mapping
 from types import TracebackType
@@ -49,17 +50,20 @@ class InteractiveRun:
         self._ws = connection
         self._host = host
         self.exit_code: int | None = None
+        # Bytes sent in pieces may split a UTF-8 character: decoded as one stream.
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
 
     # -- input ---------------------------------------------------------------
 
     def send(self, data: str | bytes) -> None:
         """Write to the program's stdin (bytes must be UTF-8: the protocol carries text)."""
-        text = data if isinstance(data, str) else data.decode("utf-8", errors="replace")
+        text = data if isinstance(data, str) else self._decoder.decode(data)
         if text:
             self._send({"type": "stdin", "data": text})
 
     def close_stdin(self) -> None:
         """End of input: the program reads EOF (on a terminal: Ctrl-D)."""
+        self.send(self._decoder.decode(b"", final=True))
         self._send({"type": "stdin", "eof": True})
 
     def signal(self, name: str = "SIGINT") -> None:
@@ -84,21 +88,26 @@ class InteractiveRun:
 
     def __iter__(self) -> Iterator[StreamEvent]:
         """The run's events until ``exit`` (then the server closes the connection)."""
-        try:
-            for frame in self._ws:
-                body = json.loads(frame)
-                if not isinstance(body, dict):
-                    continue
-                if body.get("type") == "error" and "status" in body:
-                    raise _refused(body)
-                event = StreamEvent.from_json(body)
-                if event.type == "exit":
-                    self.exit_code = event.exit_code
-                yield event
-        except ConnectionClosed as exc:
-            raise Isol8ConnectionError(f"WebSocket to {self._host} closed before the run's exit: {exc}") from exc
-        except ValueError as exc:
-            raise Isol8Error(f"The server sent a frame that is not JSON: {exc}") from exc
+        while True:
+            try:
+                # recv(), not iteration: websockets' iterator ends quietly on a
+                # normal close, and a close before ``exit`` is a cut-off run.
+                body = json.loads(self._ws.recv())
+            except ConnectionClosed as exc:
+                raise Isol8ConnectionError(
+                    f"WebSocket to {self._host} closed before the run's exit: {exc}"
+                ) from exc
+            except ValueError as exc:
+                raise Isol8Error(f"The server sent a frame that is not JSON: {exc}") from exc
+            if not isinstance(body, dict):
+                continue
+            if body.get("type") == "error" and "status" in body:
+                raise _refused(body)
+            event = StreamEvent.from_json(body)
+            yield event
+            if event.type == "exit":
+                self.exit_code = event.exit_code
+                return
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -130,7 +139,9 @@ def open_run(
         ).__enter__()
     except InvalidStatus as exc:
         answer = exc.response
-        response = httpx.Response(answer.status_code, headers=list(answer.headers.raw_items()), content=bytes(answer.body))
+        response = httpx.Response(
+            answer.status_code, headers=list(answer.headers.raw_items()), content=bytes(answer.body)
+        )
         error = proto.error_from_response(response)
         raise error if error is not None else Isol8Error(str(exc)) from exc
     except (OSError, InvalidURI, WebSocketException, TimeoutError) as exc:

@@ -9,7 +9,6 @@ it into a signal as a local one would; a window resize is sent along).
 
 from __future__ import annotations
 
-import codecs
 import contextlib
 import os
 import signal
@@ -28,10 +27,9 @@ READ_SIZE = 4096
 def pump_stdin(run: InteractiveRun, fd: int = 0) -> threading.Thread:
     """Start a thread that copies ``fd`` into the run's stdin as it arrives, then closes it at EOF.
 
-    Bytes are decoded incrementally, so a UTF-8 character split between two
-    reads is sent whole.
+    The run decodes the bytes as one UTF-8 stream, so a character split
+    between two reads is sent whole.
     """
-    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
 
     def copy() -> None:
         while True:
@@ -40,10 +38,9 @@ def pump_stdin(run: InteractiveRun, fd: int = 0) -> threading.Thread:
             except OSError:
                 chunk = b""
             if not chunk:
-                run.send(decoder.decode(b"", final=True))
                 run.close_stdin()
                 return
-            run.send(decoder.decode(chunk))
+            run.send(chunk)
 
     thread = threading.Thread(target=copy, name="isol8-stdin", daemon=True)
     thread.start()

@@ -353,11 +353,6 @@ def test_the_server_breaking_the_connection_before_exit_raises_connection_error(
     assert len(fake.received) == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a close with 1000/1001 before exit is ConnectionClosedOK, which websockets' iterator "
-    "swallows, so InteractiveRun.__iter__ ends silently instead of raising",
-)
 def test_the_server_going_away_before_exit_raises_connection_error() -> None:
     def script(peer: Peer) -> None:
         peer.recv()
@@ -427,6 +422,25 @@ def test_execute_stream_with_an_empty_iterable_sends_only_eof() -> None:
         events = list(RemoteIsol8(fake.url, KEY).execute_stream(cmd="cat", runtime="bash", stdin=[]))
     assert fake.received[1:] == [EOF]
     assert events == [exit_event("0")]
+
+
+def test_execute_stream_keeps_a_character_split_between_two_bytes_chunks() -> None:
+    with fake_isol8(echo()) as fake:
+        list(RemoteIsol8(fake.url, KEY).execute_stream("1", stdin=[b"caf\xc3", b"\xa9!"]))
+    assert "".join(m.get("data", "") for m in fake.received[1:]) == "café!"
+
+
+def test_a_failing_stdin_iterable_still_closes_the_programs_stdin() -> None:
+    def lines():
+        yield "first\n"
+        raise OSError("the file went away")
+
+    with fake_isol8(echo()) as fake:
+        events = list(RemoteIsol8(fake.url, KEY).execute_stream("1", stdin=lines()))
+    # The program got what there was, then EOF (not a wait until its timeout).
+    assert [e.data for e in events if e.type == "stdout"] == ["first\n"]
+    assert events[-1].type == "exit"
+    assert fake.received[-1] == {"type": "stdin", "eof": True}
 
 
 def test_leaving_execute_stream_early_closes_the_websocket() -> None:
