@@ -17,6 +17,7 @@ from executions import events, services
 from executions.models import Execution, Status
 from isol8_site import wire
 from isol8_site.redis import get_redis
+from sessions_app import services as sessions
 
 
 def reap_lost_executions() -> int:
@@ -38,4 +39,6 @@ def reap_lost_executions() -> int:
     queued = Execution.objects.filter(status=Status.QUEUED, created_at__lt=cutoff)
     for exec_id in queued.values_list("pk", flat=True):
         failed += services.execution_fail(execution_id=str(exec_id), reason=events.NEVER_PICKED)
+    # Sessions of a host lost for good (ISOL8_HOST_LOST_SECONDS) say so in their state.
+    sessions.sessions_of_lost_hosts_mark_dead()
     return failed

@@ -67,38 +67,60 @@ def execution_start(
         hold_seconds=quotas.hold_seconds_for(limits.timeout_ms),
     )
     try:
-        with transaction.atomic():
-            session = None
-            if session_id:
-                session = sessions.session_claim_for_execution(
-                    tenant=tenant, session_id=session_id, runtime=spec.runtime, limits=limits,
-                    execution_id=execution_id,
-                )
-            execution = Execution.objects.create(
-                id=execution_id,
-                tenant=tenant,
-                session=session,
-                runtime=spec.runtime,
-                code=spec.code,
-                cmd=spec.cmd,
-                request=spec.to_stored(),
-                limits=limits.to_json(),
-                streamed=streamed,
-                callback_url=callback_url,
-                batch_id=batch_id,
+        try:
+            execution = _record_and_enqueue(
+                tenant=tenant, spec=spec, limits=limits, streamed=streamed, session_id=session_id,
+                callback_url=callback_url, batch_id=batch_id, execution_id=execution_id,
             )
-            if spec.secrets:
-                ttl = int(settings.ISOL8_QUEUE_TIMEOUT + 60)
-                get_redis().set(wire.secrets_key(execution.pk), json.dumps(spec.secrets), ex=ttl)
-            logs.execution_step("received", execution_id=execution.pk, tenant=tenant.slug, runtime=spec.runtime,
-                                session=session_id or None, streamed=streamed)
-            # A session's runs go to the worker that holds its container.
-            queue = dispatch.host_queue(session.worker_host) if session is not None and session.worker_host else None
-            _enqueue(execution, queue)
+        except sessions.HostUnreachableError as exc:
+            raise sessions.session_host_unreachable(exc) from None
     except BaseException:
         quotas.release(tenant_slug=tenant.slug, execution_id=str(execution_id))
         raise
     metrics.started(tenant=tenant.slug, runtime=spec.runtime)
+    return execution
+
+
+def _record_and_enqueue(
+    *,
+    tenant: Tenant,
+    spec: ExecutionSpec,
+    limits: Limits,
+    streamed: bool,
+    session_id: str | None,
+    callback_url: str,
+    batch_id: uuid.UUID | None,
+    execution_id: uuid.UUID,
+) -> Execution:
+    """The session claim, the row and the enqueue, in one transaction (sent once it commits)."""
+    with transaction.atomic():
+        session = None
+        if session_id:
+            session = sessions.session_claim_for_execution(
+                tenant=tenant, session_id=session_id, runtime=spec.runtime, limits=limits,
+                execution_id=execution_id,
+            )
+        execution = Execution.objects.create(
+            id=execution_id,
+            tenant=tenant,
+            session=session,
+            runtime=spec.runtime,
+            code=spec.code,
+            cmd=spec.cmd,
+            request=spec.to_stored(),
+            limits=limits.to_json(),
+            streamed=streamed,
+            callback_url=callback_url,
+            batch_id=batch_id,
+        )
+        if spec.secrets:
+            ttl = int(settings.ISOL8_QUEUE_TIMEOUT + 60)
+            get_redis().set(wire.secrets_key(execution.pk), json.dumps(spec.secrets), ex=ttl)
+        logs.execution_step("received", execution_id=execution.pk, tenant=tenant.slug, runtime=spec.runtime,
+                            session=session_id or None, streamed=streamed)
+        # A session's runs go to the worker that holds its container.
+        queue = dispatch.host_queue(session.worker_host) if session is not None and session.worker_host else None
+        _enqueue(execution, queue)
     return execution
 
 
@@ -326,6 +348,34 @@ def containers_cleanup(*, wait_seconds: float = 20.0) -> dict[str, int]:
 
 
 # --------------------------------------------------------------- worker side
+
+
+# A one-shot run whose host lost its engine goes back to the shared queue at most this often.
+REQUEUE_MAX = 3
+
+
+def execution_requeue(*, execution_id: str, host: str) -> bool:
+    """Give a claimed one-shot run back to the shared queue, for another host; False when it may not go again.
+
+    Its worker could not get a sandbox because its Docker engine stopped
+    answering: nothing of the program ran, so another host can run it. At most
+    REQUEUE_MAX times (every engine may be down), then it fails as usual.
+    """
+    key = wire.requeue_key(execution_id)
+    pipe = get_redis().pipeline(transaction=False)
+    pipe.incr(key)
+    pipe.expire(key, int(settings.ISOL8_QUEUE_TIMEOUT + 60))
+    tries = int(pipe.execute()[0])
+    if tries > REQUEUE_MAX:
+        return False
+    updated = Execution.objects.filter(pk=execution_id, status=Status.RUNNING, worker_host=host).update(
+        status=Status.QUEUED, started_at=None, worker_host=""
+    )
+    if not updated:
+        return False
+    logger.info("execution %s: the engine of %s is down, back to the shared queue (%d)", execution_id, host, tries)
+    dispatch.send(dispatch.RUN_EXECUTION, execution_id)
+    return True
 
 
 # What a worker reads of an execution it claims (the other fields stay deferred).

@@ -6,6 +6,8 @@ whether its engine answers, and a worker whose heartbeat is stale counts as gone
 
 from __future__ import annotations
 
+import hmac
+import time
 from typing import Any
 
 from django.conf import settings
@@ -17,6 +19,24 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from isol8_site import wire
+
+
+def host_states(beats: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Each worker host as its heartbeat tells it (GET /health with the master key lists them)."""
+    now = time.time()
+    alive = wire.alive_hosts(beats)
+    hosts = {}
+    for name, beat in sorted(beats.items()):
+        state = "stopped" if beat.get("stopped") else "alive" if name in alive else "silent"
+        hosts[name] = {
+            "state": state,
+            "docker": "ok" if beat.get("docker") else "down",
+            "draining": bool(beat.get("draining")),
+            "sandboxes": int(beat.get("warm", 0)) + int(beat.get("idle", 0)),
+            "capacity": beat.get("capacity"),
+            "lastBeatSecondsAgo": round(now - float(beat["at"]), 1),
+        }
+    return hosts
 
 
 def health_checks() -> dict[str, Any]:
@@ -48,6 +68,11 @@ HEALTH = inline_serializer("Health", {
     "status": serializers.ChoiceField(choices=["ok", "degraded"]),
     "version": serializers.CharField(),
     "checks": serializers.DictField(required=False, help_text="database, redis, workers, docker: ok or why not"),
+    "hosts": serializers.DictField(
+        required=False,
+        help_text="With the master key only: each worker host's state (alive, silent, stopped), docker "
+        "(ok, down), draining, sandboxes, capacity, lastBeatSecondsAgo",
+    ),
 })
 
 
@@ -67,6 +92,21 @@ class HealthApi(APIView):
     def get(self, request: Request) -> Response:
         checks = health_checks()
         healthy = all(not str(v).startswith(("error", "unknown")) for v in checks.values())
-        if healthy:
-            return Response({"status": "ok", "version": settings.ISOL8_VERSION})
-        return Response({"status": "degraded", "version": settings.ISOL8_VERSION, "checks": checks}, status=503)
+        body: dict[str, Any] = {"status": "ok" if healthy else "degraded", "version": settings.ISOL8_VERSION}
+        if not healthy:
+            body["checks"] = checks
+        if presents_master_key(request):
+            try:
+                body["hosts"] = host_states(wire.worker_beats())
+            except Exception:  # noqa: BLE001 - Redis away: checks say so
+                body["hosts"] = {}
+        return Response(body, status=200 if healthy else 503)
+
+
+def presents_master_key(request: Request) -> bool:
+    """The operator's view: the master key in Authorization (this route authenticates nobody else)."""
+    master = settings.ISOL8_API_KEY
+    header = request.META.get("HTTP_AUTHORIZATION", "").strip()
+    scheme, _, rest = header.partition(" ")
+    given = rest.strip() if scheme.lower() == "bearer" else header
+    return bool(master and given) and hmac.compare_digest(given.encode(), master.encode())

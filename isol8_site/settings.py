@@ -417,6 +417,11 @@ ISOL8_MAX_QUEUE_DEPTH = env_int("ISOL8_MAX_QUEUE_DEPTH", 100)
 ISOL8_RESULT_GRACE = env_float("ISOL8_RESULT_GRACE", 15.0)
 # Workers refresh a heartbeat this often; one silent for 3 beats counts as dead.
 ISOL8_HEARTBEAT_SECONDS = env_float("ISOL8_HEARTBEAT_SECONDS", 5.0)
+# A worker host whose worker or Docker engine has not answered for this long is
+# lost: its sessions are marked dead (before that, their calls are 503: it may be restarting).
+ISOL8_HOST_LOST_SECONDS = env_float("ISOL8_HOST_LOST_SECONDS", 60.0)
+# Live sandboxes (sessions + pool) a worker host takes before placement sends new sessions elsewhere.
+ISOL8_HOST_CAPACITY = env_int("ISOL8_HOST_CAPACITY", 200)
 # How often the reaper fails runs of dead workers and removes orphaned containers.
 ISOL8_REAPER_SECONDS = env_float("ISOL8_REAPER_SECONDS", 10.0)
 # A container of this host that nothing owns counts as leaked only when older than

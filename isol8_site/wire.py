@@ -103,6 +103,11 @@ def end_input(execution_id: object) -> None:
     pipe.execute()
 
 
+def requeue_key(execution_id: object) -> str:
+    """How often a one-shot run went back to the shared queue because its host's engine was down."""
+    return f"isol8:requeued:{execution_id}"
+
+
 def heartbeat_key() -> str:
     """The heartbeats of the workers serving one run queue (one isol8 cluster)."""
     return f"isol8:workers:{settings.ISOL8_RUN_QUEUE}"
@@ -184,8 +189,39 @@ def forget(host: str) -> None:
     get_redis().hdel(heartbeat_key(), host)
 
 
+def beat_stopped(host: str) -> None:
+    """A worker that shuts down says so: it is gone at once, and its stop time is kept (see host_lost)."""
+    beat(host, {"stopped": True, "docker": False})
+
+
 def alive_hosts(beats: dict[str, dict[str, Any]] | None = None) -> set[str]:
-    """Worker hosts whose heartbeat is fresh (3 missed beats = gone)."""
+    """Worker hosts whose heartbeat is fresh (3 missed beats = gone) and that did not say they stopped."""
     horizon = 3 * settings.ISOL8_HEARTBEAT_SECONDS
     now = time.time()
-    return {host for host, b in (worker_beats() if beats is None else beats).items() if now - b["at"] < horizon}
+    return {
+        host for host, b in (worker_beats() if beats is None else beats).items()
+        if now - b["at"] < horizon and not b.get("stopped")
+    }
+
+
+def host_usable(host: str, beats: dict[str, dict[str, Any]]) -> bool:
+    """The host's worker is alive and its Docker engine answers."""
+    return host in alive_hosts(beats) and bool(beats[host].get("docker"))
+
+
+def host_lost(host: str, beats: dict[str, dict[str, Any]]) -> bool:
+    """The host has been unusable for longer than ISOL8_HOST_LOST_SECONDS (or is unknown to Redis).
+
+    Until then it may be restarting (a worker or engine restart keeps its
+    sessions' containers): callers wait or retry rather than give up on it.
+    """
+    if host_usable(host, beats):
+        return False
+    beat_ = beats.get(host)
+    if beat_ is None:
+        return True
+    down_since = beat_.get("docker_down_since") if not beat_.get("stopped") else None
+    if host in alive_hosts(beats) and down_since is None:
+        return False
+    since = float(down_since if down_since is not None else beat_["at"])
+    return time.time() - since > settings.ISOL8_HOST_LOST_SECONDS

@@ -8,6 +8,7 @@ for the staff user (never an API key), xterm.js draws the terminal.
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from django.contrib import admin
@@ -19,7 +20,8 @@ from django.urls import URLPattern, path, reverse
 from django.utils import timezone
 from django.utils.html import format_html
 
-from sessions_app.models import Session
+from sessions_app import placement
+from sessions_app.models import Session, WorkerHost
 from sessions_app.services import session_stop
 from tenants.tokens import TERMINAL_PERMISSION, session_scope, stream_token_mint
 
@@ -116,3 +118,57 @@ class SessionAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
+
+
+@admin.register(WorkerHost)
+class WorkerHostAdmin(admin.ModelAdmin):
+    """Worker hosts with their heartbeat's view (alive, Docker, load) and the drain switch."""
+
+    list_display = ("name", "draining", "alive", "docker", "load", "first_seen_at")
+    list_filter = ("draining",)
+    readonly_fields = ("name", "first_seen_at")
+    fields = ("name", "draining", "first_seen_at")
+    actions = ["drain", "undrain"]
+    # This request's heartbeat view (the admin object is shared by every request's thread).
+    _page = threading.local()
+
+    def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> HttpResponse:
+        # One heartbeat read for the whole page.
+        try:
+            self._page.loads = {load.name: load for load in placement.host_loads()}
+        except Exception:  # noqa: BLE001 - Redis away: the page still lists the hosts
+            self._page.loads = {}
+        return super().changelist_view(request, extra_context)
+
+    def _load(self, obj: WorkerHost) -> placement.HostLoad | None:
+        return getattr(self._page, "loads", {}).get(obj.name)
+
+    @admin.display(description="alive", boolean=True)
+    def alive(self, obj: WorkerHost) -> bool | None:
+        load = self._load(obj)
+        return None if load is None else load.alive
+
+    @admin.display(description="docker", boolean=True)
+    def docker(self, obj: WorkerHost) -> bool | None:
+        load = self._load(obj)
+        return None if load is None else load.docker
+
+    @admin.display(description="sessions + pool / capacity")
+    def load(self, obj: WorkerHost) -> str:
+        load = self._load(obj)
+        if load is None:
+            return "-"
+        return f"{load.sessions} + {load.sandboxes} / {load.capacity}"
+
+    @admin.action(description="Drain: place no new sessions or one-shot runs there (its sessions finish)")
+    def drain(self, request: HttpRequest, queryset: QuerySet[WorkerHost]) -> None:
+        count = queryset.update(draining=True)
+        self.message_user(request, f"Draining {count} host(s): they take no new work from their next heartbeat.")
+
+    @admin.action(description="Undrain: take new sessions and runs again")
+    def undrain(self, request: HttpRequest, queryset: QuerySet[WorkerHost]) -> None:
+        count = queryset.update(draining=False)
+        self.message_user(request, f"{count} host(s) take new work again.")
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # a worker makes its row when it starts

@@ -69,3 +69,25 @@ class Session(models.Model):
     @property
     def is_live(self) -> bool:
         return self.state in LIVE_STATES
+
+
+class WorkerHost(models.Model):
+    """A worker host (one Docker engine and its worker), as the admin drains it.
+
+    Its liveness, engine state and load are in its heartbeat (isol8_site/wire.py);
+    the row holds what an operator decides: ``draining`` stops new placements
+    there (sessions and one-shot runs) while its sessions carry on until they end.
+    The worker makes its row when it starts.
+    """
+
+    name = models.CharField(max_length=255, unique=True)
+    draining = models.BooleanField(
+        default=False, help_text="No new sessions or one-shot runs are placed here; its sessions finish"
+    )
+    first_seen_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name

@@ -24,11 +24,13 @@ from isol8_site.errors import (
     SessionBusy,
     SessionDead,
     SessionNotStarted,
+    Unavailable,
     not_found,
     validation_error,
 )
 from isol8_site.redis import get_redis
 from sandbox.spec import Limits
+from sessions_app import placement
 from sessions_app.models import LIVE_STATES, Session, SessionState
 from sessions_app.selectors import live_session_count, live_session_limits, session_get
 from tenants import quotas
@@ -47,6 +49,7 @@ def session_claim_for_execution(
     """The caller's session (created on first use), marked busy with ``execution_id``."""
     claimed = _claim_idle(tenant=tenant, session_id=session_id, runtime=runtime, owner=execution_id)
     if claimed is not None:
+        check_host(claimed)
         return claimed
     # Not idle and ready: find out why (new, dead, other runtime, busy) the slow way.
     session = session_get(tenant=tenant, session_id=session_id)
@@ -64,7 +67,64 @@ def session_claim_for_execution(
             code="validation_error",
         )
     _claim(session, execution_id)
+    check_host(session)
     return session
+
+
+class HostUnreachableError(Exception):
+    """The session's worker host is not answering; raised inside the caller's transaction.
+
+    ``session_host_unreachable`` turns it into the client's error once that
+    transaction has rolled back (a lost host's session is marked dead then).
+    """
+
+    def __init__(self, session: Session, *, lost: bool) -> None:
+        super().__init__(session.worker_host)
+        self.session = session
+        self.lost = lost
+
+
+def check_host(session: Session) -> None:
+    """Raise HostUnreachableError when the host holding this session's container cannot take its work now.
+
+    One Redis read: the heartbeats. A host that is down but may be restarting
+    (ISOL8_HOST_LOST_SECONDS) is a 503 to retry; past that it is lost.
+    """
+    host = session.worker_host
+    if not host:
+        return
+    beats = wire.worker_beats()
+    if wire.host_usable(host, beats):
+        return
+    raise HostUnreachableError(session, lost=wire.host_lost(host, beats))
+
+
+def session_host_unreachable(exc: HostUnreachableError) -> Exception:
+    """The error for a call whose session's host is down: 503 while it may come back, else dead (and marked so)."""
+    session, host = exc.session, exc.session.worker_host
+    if not exc.lost:
+        return Unavailable(
+            f"This session's worker host {host} is not answering right now (restarting?); try again shortly",
+            retry_after=5,
+        )
+    reason = f"its worker host {host} stopped answering"
+    session_mark_dead(session_pk=session.pk, reason=reason)
+    return SessionDead(
+        f"Session {session.session_id!r} is no longer usable ({reason}); "
+        "delete it (DELETE /session/{id}) and start a new one"
+    )
+
+
+def sessions_of_lost_hosts_mark_dead() -> int:
+    """Periodic (the reaper): live sessions on hosts lost for good are marked dead; how many."""
+    beats = wire.worker_beats()
+    hosts = set(Session.objects.live().exclude(worker_host="").values_list("worker_host", flat=True))
+    lost = [host for host in hosts if wire.host_lost(host, beats)]
+    if not lost:
+        return 0
+    return Session.objects.live().filter(worker_host__in=lost).update(
+        state=SessionState.DEAD, state_reason="its worker host stopped answering"
+    )
 
 
 def session_claim_for_files(*, tenant: Tenant, session_id: str) -> tuple[Session, uuid.UUID]:
@@ -76,6 +136,10 @@ def session_claim_for_files(*, tenant: Tenant, session_id: str) -> tuple[Session
         raise SessionDead(f"Session {session_id!r} is no longer usable: {session.state_reason}")
     if not session.container_id:
         raise SessionNotStarted("This session has no sandbox yet: run an execution in it first")
+    try:
+        check_host(session)
+    except HostUnreachableError as exc:
+        raise session_host_unreachable(exc) from None
     op_id = uuid.uuid4()
     _claim(session, op_id)
     return session, op_id
@@ -138,10 +202,11 @@ def _session_create(*, tenant: Tenant, session_id: str, runtime: str, limits: Li
             f"Quota exceeded: at most {tenant.max_sessions} live sessions; delete one first", retry_after=30
         )
     _check_session_resources(tenant=tenant, limits=limits)
+    host = placement.choose_host()
     try:
         with transaction.atomic():
             return Session.objects.create(
-                tenant=tenant, session_id=session_id, runtime=runtime, limits=limits.to_json()
+                tenant=tenant, session_id=session_id, runtime=runtime, limits=limits.to_json(), worker_host=host
             )
     except IntegrityError:
         # Another request created it a moment ago: use that one.

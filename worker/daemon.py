@@ -16,11 +16,12 @@ import time
 from collections.abc import Callable
 
 from django.conf import settings
-from django.db import connections
+from django.db import close_old_connections, connections
 
 from executions import events, services
 from executions.models import Execution, Status
 from isol8_site import wire
+from isol8_site.celery import app as celery_app
 from isol8_site.redis import get_redis
 from sandbox import config as sandbox_config
 from sandbox import containers
@@ -28,6 +29,7 @@ from sandbox.containers import LABEL_ROLE
 from sandbox.egress import PROXY_ROLE
 from sandbox.pool import SandboxPool
 from sandbox.run import prepare_sandbox
+from sessions_app.models import WorkerHost
 from worker.runs import Runner
 from worker.sessions import SessionBoxes
 
@@ -47,12 +49,19 @@ class Worker:
             prepare=prepare_sandbox,
         )
         self.sessions = SessionBoxes(host=self.host)
-        self.runner = Runner(pool=self.pool, sessions=self.sessions)
+        self.runner = Runner(pool=self.pool, sessions=self.sessions, host=self.host,
+                             on_engine_down=self.engine_down)
         self.stopping = threading.Event()
+        # This worker's Celery node name (to pause its shared queue), and what it last knew.
+        self.nodename: str | None = None
+        self.taking_shared_runs = True
+        self.docker_down_since: float | None = None
+        self.draining = False
+        self._beat_lock = threading.Lock()
 
     # ------------------------------------------------------------ lifecycle
 
-    def start(self) -> None:
+    def start(self, nodename: str | None = None) -> None:
         # Worker threads live long: let each keep its database connection
         # instead of opening one per run (the web's per-request threads cannot).
         # (With PostgreSQL's pool, the pool keeps them: Django refuses a max age there.)
@@ -66,6 +75,8 @@ class Worker:
         lost = Execution.objects.filter(status=Status.RUNNING, worker_host=self.host)
         for exec_id in lost.values_list("pk", flat=True):
             services.execution_fail(execution_id=str(exec_id), reason=events.WORKER_STOPPED)
+        self.nodename = nodename
+        WorkerHost.objects.get_or_create(name=self.host)
         containers.uids().check_host_accounts()
         remove_orphans(keep=lambda: self.sessions.container_ids(mark_missing_dead=True))
         containers.sync_uids()
@@ -87,11 +98,59 @@ class Worker:
         the whole service stops)."""
         self.cancel_all()
         self.pool.close()
-        wire.forget(self.host)
+        wire.beat_stopped(self.host)
         remove_orphans(keep=self.sessions.container_ids, proxies=True)
 
     def heartbeat(self) -> None:
-        wire.beat(self.host, {"docker": containers.docker_ping(), **self.pool.stats()})
+        """Say this host is alive, whether its engine answers, its load; stop or resume taking shared runs.
+
+        A host whose engine is down, or that an operator drains, stops
+        consuming the shared run queue (its runs go to the other hosts) and
+        takes it up again when it can run code and is not draining.
+        """
+        docker = containers.docker_ping()
+        with self._beat_lock:
+            if docker:
+                self.docker_down_since = None
+            elif self.docker_down_since is None:
+                self.docker_down_since = time.time()
+            self.draining = self._read_draining()
+            wire.beat(self.host, {
+                "docker": docker,
+                "docker_down_since": self.docker_down_since,
+                "draining": self.draining,
+                "capacity": settings.ISOL8_HOST_CAPACITY,
+                **self.pool.stats(),
+            })
+            self._take_shared_runs(docker and not self.draining)
+
+    def engine_down(self) -> None:
+        """A run found the engine gone: stop taking shared runs now, not at the next heartbeat."""
+        try:
+            self.heartbeat()
+        except Exception:
+            logger.exception("heartbeat after a Docker failure failed")
+
+    def _read_draining(self) -> bool:
+        try:
+            close_old_connections()
+            return WorkerHost.objects.filter(name=self.host, draining=True).exists()
+        except Exception:  # noqa: BLE001 - the database away: keep what was known
+            logger.warning("cannot read whether %s is draining", self.host)
+            return self.draining
+
+    def _take_shared_runs(self, wanted: bool) -> None:
+        """Consume the shared run queue or not (Celery's remote control, addressed to this node only)."""
+        if wanted == self.taking_shared_runs or self.nodename is None:
+            return
+        control = celery_app.control
+        if wanted:
+            control.add_consumer(settings.ISOL8_RUN_QUEUE, destination=[self.nodename], reply=False)
+        else:
+            control.cancel_consumer(settings.ISOL8_RUN_QUEUE, destination=[self.nodename], reply=False)
+        self.taking_shared_runs = wanted
+        logger.warning("isol8 worker %s %s the shared run queue (docker %s, draining %s)", self.host,
+                       "takes again" if wanted else "stops taking", self.docker_down_since is None, self.draining)
 
     def owned_container_ids(self) -> set[str]:
         """Containers this worker holds (warm, lent to a run, being reset or created) and its sessions' ones."""

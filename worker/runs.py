@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from contextlib import nullcontext
 
 from django.conf import settings
@@ -36,9 +37,15 @@ logger = logging.getLogger(__name__)
 class Runner:
     """The runs in progress on this worker: their handles (to cancel them) and borrowed sandboxes."""
 
-    def __init__(self, *, pool: SandboxPool, sessions: SessionBoxes) -> None:
+    def __init__(
+        self, *, pool: SandboxPool, sessions: SessionBoxes, host: str = "",
+        on_engine_down: Callable[[], None] = lambda: None,
+    ) -> None:
         self.pool = pool
         self.sessions = sessions
+        self.host = host
+        # Told when a sandbox could not be had because Docker stopped answering.
+        self.on_engine_down = on_engine_down
         self._handles: dict[str, RunHandle] = {}
         self._lock = threading.Lock()
 
@@ -78,6 +85,10 @@ class Runner:
                 with tracing.span("sandbox.acquire", runtime=spec.runtime):
                     box = self._acquire(execution, spec, limits)
             except DockerUnavailableError as exc:
+                self.on_engine_down()
+                # Nothing of the program ran: another host may run it.
+                if services.execution_requeue(execution_id=execution_id, host=self.host):
+                    return
                 result = RunResult(status="error", error=str(exc), error_code="docker_unavailable")
             except SandboxError as exc:
                 result = RunResult(status="error", error=events.NO_SANDBOX.format(reason=exc))
@@ -124,6 +135,7 @@ class Runner:
                     session_pk, tenant=execution.tenant.slug, create=True, image=prebuilt.tag if prebuilt else None
                 )
             except DockerUnavailableError as exc:
+                self.on_engine_down()
                 result = RunResult(status="error", error=str(exc), error_code="docker_unavailable")
             except SessionDeletedError:
                 result = RunResult(status="cancelled", exit_code=137, error=events.SESSION_DELETED)

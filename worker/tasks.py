@@ -71,7 +71,8 @@ def prune_sessions() -> int:
 @worker_ready.connect
 def _start_worker(**kwargs: Any) -> None:
     tracing.configure("isol8-worker")  # only if an OTLP endpoint is set
-    get_worker().start()
+    consumer = kwargs.get("sender")
+    get_worker().start(nodename=getattr(consumer, "hostname", None))
 
 
 @worker_shutting_down.connect

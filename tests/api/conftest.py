@@ -195,8 +195,11 @@ def other_api(other_tenant: Tenant, fake_dispatch: FakeDispatch) -> APIClient:
 # ------------------------------------------------------------------ factories
 
 
-def make_session(tenant: Tenant, session_id: str = "s1", **fields: Any) -> Session:
-    """A session as a worker leaves it after its first run: active, with a container on ``host-a``."""
+def make_session(tenant: Tenant, session_id: str = "s1", *, alive: bool = True, **fields: Any) -> Session:
+    """A session as a worker leaves it after its first run: active, with a container on ``host-a``.
+
+    ``alive``: its host beats (if it does not yet), as a worker would.
+    """
     values: dict[str, Any] = {
         "runtime": "python",
         "state": SessionState.ACTIVE,
@@ -205,6 +208,9 @@ def make_session(tenant: Tenant, session_id: str = "s1", **fields: Any) -> Sessi
         "limits": {"memory": 512 * 1024**2, "cpu": 1.0},
     }
     values.update(fields)
+    if alive and values["worker_host"] and not get_redis().hexists(wire.heartbeat_key(), values["worker_host"]):
+        # Its host is alive and its engine answers (the heartbeat a worker would send).
+        wire.beat(values["worker_host"], {"docker": True, "capacity": 100, "warm": 0, "idle": 0})
     return Session.objects.create(tenant=tenant, session_id=session_id, **values)
 
 

@@ -149,7 +149,7 @@ def test_host_load_joins_heartbeats_live_sessions_and_running_runs(acme, globex)
     wire.beat("host-a", {"docker": True, "warm": 2, "idle": 1})
     wire.beat("host-b", {"docker": False, "warm": 0, "idle": 0})
     make_session(acme, "s1", worker_host="host-a")
-    make_session(globex, "s2", worker_host="host-c")  # its host's heartbeat is gone
+    make_session(globex, "s2", worker_host="host-c", alive=False)  # its host's heartbeat is gone
     make_session(globex, "s3", worker_host="host-a", state="stopped")  # not live
     session = make_session(acme, "s4", worker_host="host-a")
     runs(acme, at=NOW, n=2, status=Status.RUNNING, duration_ms=None, host="host-a")

@@ -267,8 +267,9 @@ def test_another_tenants_session_of_the_same_id_is_a_different_session(api, fake
     response = in_session(api, "shared")
     assert response.status_code == 200, response.content
     mine = Session.objects.get(tenant=tenant, session_id="shared")
-    assert mine.pk != theirs.pk and mine.runtime == "python"
-    assert fake_dispatch.sent[0].queue is None  # not host-b's queue
+    assert mine.pk != theirs.pk and mine.runtime == "python" and mine.container_id == ""
+    # A new session, placed (on the one alive host) and sent to its queue.
+    assert fake_dispatch.sent[0].queue == dispatch.host_queue(mine.worker_host) == "isol8.host.host-b"
 
 
 def test_max_sessions_is_429_and_existing_sessions_still_run(api, fake_dispatch, tenant):
