@@ -91,6 +91,21 @@ class SandboxPool:
             box.destroy()
         self._janitor.shutdown(wait=True)
 
+    def discard_all(self) -> int:
+        """Drop every warm and idle sandbox (their engine restarted: their containers are gone); how many.
+
+        The pool stays open and refills itself.
+        """
+        with self._lock:
+            boxes = [b for q in self._warm.values() for b in q]
+            boxes += [b for q in self._idle.values() for b in q]
+            self._warm.clear()
+            self._idle.clear()
+            self._wake.notify_all()
+        for box in boxes:
+            box.destroy()
+        return len(boxes)
+
     def stats(self) -> dict[str, Any]:
         """Sandboxes ready now (warm, idle for a tenant) and how acquire found them, in all and per runtime."""
         with self._lock:

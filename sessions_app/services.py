@@ -107,7 +107,7 @@ def session_host_unreachable(exc: HostUnreachableError) -> Exception:
             f"This session's worker host {host} is not answering right now (restarting?); try again shortly",
             retry_after=5,
         )
-    reason = f"its worker host {host} stopped answering"
+    reason = lost_reason(host)
     session_mark_dead(session_pk=session.pk, reason=reason)
     return SessionDead(
         f"Session {session.session_id!r} is no longer usable ({reason}); "
@@ -119,12 +119,17 @@ def sessions_of_lost_hosts_mark_dead() -> int:
     """Periodic (the reaper): live sessions on hosts lost for good are marked dead; how many."""
     beats = wire.worker_beats()
     hosts = set(Session.objects.live().exclude(worker_host="").values_list("worker_host", flat=True))
-    lost = [host for host in hosts if wire.host_lost(host, beats)]
-    if not lost:
-        return 0
-    return Session.objects.live().filter(worker_host__in=lost).update(
-        state=SessionState.DEAD, state_reason="its worker host stopped answering"
-    )
+    marked = 0
+    for host in hosts:
+        if wire.host_lost(host, beats):
+            marked += Session.objects.live().filter(worker_host=host).update(
+                state=SessionState.DEAD, state_reason=lost_reason(host)
+            )
+    return marked
+
+
+def lost_reason(host: str) -> str:
+    return f"its worker host {host} stopped answering (its worker or its Docker engine)"
 
 
 def session_claim_for_files(*, tenant: Tenant, session_id: str) -> tuple[Session, uuid.UUID]:

@@ -110,6 +110,9 @@ class Worker:
         """
         docker = containers.docker_ping()
         with self._beat_lock:
+            if docker and self.docker_down_since is not None:
+                # Off the heartbeat's thread: removing containers takes a while.
+                threading.Thread(target=self._engine_back, name="isol8-engine-back", daemon=True).start()
             if docker:
                 self.docker_down_since = None
             elif self.docker_down_since is None:
@@ -123,6 +126,19 @@ class Worker:
                 **self.pool.stats(),
             })
             self._take_shared_runs(docker and not self.draining)
+
+    def _engine_back(self) -> None:
+        """The engine answers again after an outage: what this worker held of it is stale.
+
+        Pool sandboxes are dropped (the pool refills), session sandboxes are
+        forgotten (their next call re-adopts the container, or finds it gone
+        and says so), and whatever is left of the old containers is removed.
+        """
+        dropped = self.pool.discard_all()
+        self.sessions.forget_all()
+        removed = remove_orphans(keep=lambda: self.sessions.container_ids(mark_missing_dead=True))
+        logger.warning("isol8 worker %s: Docker is back; dropped %d pool sandbox(es), removed %d container(s)",
+                       self.host, dropped, removed)
 
     def engine_down(self) -> None:
         """A run found the engine gone: stop taking shared runs now, not at the next heartbeat."""

@@ -122,6 +122,12 @@ class SessionBoxes:
         if box is not None and destroy:
             box.destroy()
 
+    def forget_all(self) -> None:
+        """Forget every known sandbox (the engine restarted): each session's next call re-adopts its container."""
+        with self._lock:
+            self._boxes.clear()
+            self._meters.clear()
+
     def drop(self, *, session_pk: int, container_id: str) -> None:
         """Remove a stopped session's container (DELETE, prune, admin terminate)."""
         self.forget(session_pk, destroy=False)
