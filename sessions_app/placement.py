@@ -83,4 +83,4 @@ def choose_host() -> str:
             "No worker host can take a new session now (all are full, draining or without Docker); "
             "try again shortly", retry_after=10,
         )
-    return max(candidates, key=lambda load: (load.free, load.name)).name
+    return max(candidates, key=lambda load: load.free).name  # ties: the first by name
