@@ -25,6 +25,8 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("runtimes", nargs="*", help="default: ISOL8_RUNTIMES")
         parser.add_argument("--force", action="store_true", help="rebuild even if up to date")
+        parser.add_argument("--base-only", action="store_true",
+                            help="only the base image (the service image builds FROM it too)")
 
     def handle(self, *args: Any, **opts: Any) -> None:
         runtimes = opts["runtimes"] or settings.SANDBOX.runtimes
@@ -36,6 +38,8 @@ class Command(BaseCommand):
             raise CommandError("Docker is not reachable (is dockerd running?)")
         try:
             ensure_base_image(self.stdout.write)
+            if opts["base_only"]:
+                return
             for runtime in runtimes:
                 build_image(runtime, log=self.stdout.write, force=opts["force"])
             build_prebuilt_images(self.stdout.write)
