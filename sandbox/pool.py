@@ -91,20 +91,22 @@ class SandboxPool:
             box.destroy()
         self._janitor.shutdown(wait=True)
 
-    def discard_all(self) -> int:
-        """Drop every warm and idle sandbox (their engine restarted: their containers are gone); how many.
+    def discard_dead(self, is_running: Callable[[str], bool]) -> int:
+        """Drop the warm and idle sandboxes whose container no longer runs (the engine restarted); how many.
 
-        The pool stays open and refills itself.
+        The pool stays open and refills itself; live ones stay.
         """
         with self._lock:
-            boxes = [b for q in self._warm.values() for b in q]
-            boxes += [b for q in self._idle.values() for b in q]
-            self._warm.clear()
-            self._idle.clear()
+            held = [(q, b) for q in (*self._warm.values(), *self._idle.values()) for b in q]
+        dead = [(q, b) for q, b in held if not is_running(b.container_id)]
+        with self._lock:
+            for queue, box in dead:
+                if box in queue:
+                    queue.remove(box)
             self._wake.notify_all()
-        for box in boxes:
+        for _, box in dead:
             box.destroy()
-        return len(boxes)
+        return len(dead)
 
     def stats(self) -> dict[str, Any]:
         """Sandboxes ready now (warm, idle for a tenant) and how acquire found them, in all and per runtime."""

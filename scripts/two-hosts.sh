@@ -41,24 +41,28 @@ case ${1:-} in
     scripts/docker-engine.sh start "$engine"
     ISOL8_WORKER_HOST=$host_a setsid $py manage.py serve --port "$port" >>"$state/serve.log" 2>&1 </dev/null &
     echo $! > "$state/serve.pid"
+    # Ready when the operator's /health lists the given hosts alive with their engines.
+    ready() {
+      curl -sS -H "Authorization: Bearer $ISOL8_API_KEY" "http://127.0.0.1:$port/health" 2>/dev/null \
+        | $py -c "import json,sys
+try: h=json.load(sys.stdin).get('hosts',{})
+except ValueError: sys.exit(1)
+sys.exit(0 if all(h.get(n,{}).get('state')=='alive' and h[n]['docker']=='ok' for n in sys.argv[1:]) else 1)" "$@"
+    }
+    wait_ready() {
+      for _ in $(seq 1 240); do ready "$@" && return 0; sleep 0.5; done
+      echo "not ready in 120 s; see $state/serve.log and $state/worker-b.log" >&2
+      exit 1
+    }
+    wait_ready "$host_a"  # serve has migrated the database by then: host B's worker may start
     queues="${ISOL8_RUN_QUEUE:-isol8.run},isol8.host.$host_b,${ISOL8_WEBHOOK_QUEUE:-isol8.webhooks}"
     DOCKER_HOST=$(scripts/docker-engine.sh socket "$engine") ISOL8_WORKER_HOST=$host_b setsid \
       $py -m celery -A isol8_site worker -P threads -c "${ISOL8_WORKER_CONCURRENCY:-16}" -Q "$queues" \
       -n "isol8@$host_b" -l WARNING --without-gossip --without-mingle >>"$state/worker-b.log" 2>&1 </dev/null &
     echo $! > "$state/worker-b.pid"
-    # Ready when the operator's /health lists both hosts alive with their engines.
-    for _ in $(seq 1 240); do
-      if curl -fsS -H "Authorization: Bearer $ISOL8_API_KEY" "http://127.0.0.1:$port/health" 2>/dev/null \
-         | $py -c "import json,sys; h=json.load(sys.stdin).get('hosts',{}); sys.exit(0 if all(
-             h.get(n,{}).get('state')=='alive' and h[n]['docker']=='ok' for n in sys.argv[1:]) else 1)" \
-           "$host_a" "$host_b"; then
-        echo "==> up on http://127.0.0.1:$port: hosts $host_a (this engine) and $host_b (engine $engine)"
-        exit 0
-      fi
-      sleep 0.5
-    done
-    echo "not ready in 120 s; see $state/serve.log and $state/worker-b.log" >&2
-    exit 1
+    wait_ready "$host_a" "$host_b"
+    echo "==> up on http://127.0.0.1:$port: hosts $host_a (this engine) and $host_b (engine $engine)"
+    exit 0
     ;;
   down)
     stop_pid "$state/worker-b.pid"

@@ -130,14 +130,19 @@ class Worker:
     def _engine_back(self) -> None:
         """The engine answers again after an outage: what this worker held of it is stale.
 
-        Pool sandboxes are dropped (the pool refills), session sandboxes are
-        forgotten (their next call re-adopts the container, or finds it gone
-        and says so), and whatever is left of the old containers is removed.
+        Pool sandboxes whose container no longer runs are dropped (the pool
+        refills), sessions whose container stopped end as dead (their state is
+        gone), and those containers are removed. After a mere missed answer
+        everything still runs and nothing is dropped.
         """
-        dropped = self.pool.discard_all()
-        self.sessions.forget_all()
-        removed = remove_orphans(keep=lambda: self.sessions.container_ids(mark_missing_dead=True))
-        logger.warning("isol8 worker %s: Docker is back; dropped %d pool sandbox(es), removed %d container(s)",
+        try:
+            dropped = self.pool.discard_dead(containers.container_running)
+            dropped += self.sessions.end_stopped()
+            removed = remove_stopped()
+        except Exception:
+            logger.exception("cleaning up after Docker came back failed; the sweep will retry")
+            return
+        logger.warning("isol8 worker %s: Docker is back; dropped %d dead sandbox(es), removed %d container(s)",
                        self.host, dropped, removed)
 
     def engine_down(self) -> None:
@@ -243,6 +248,22 @@ def remove_orphans(*, keep: Callable[[], set[str]], min_age: float = 0.0, proxie
         removed += 1
     if removed:
         logger.info("removed %d orphaned sandbox container(s)", removed)
+    return removed
+
+
+def remove_stopped() -> int:
+    """Remove this host's containers that no longer run (after an engine outage); how many.
+
+    Nothing of this worker may hold one any more: dead pool sandboxes were
+    dropped and sessions whose container stopped were ended before this runs.
+    """
+    removed = 0
+    for container in containers.list_managed(host=settings.SANDBOX.host):
+        young = time.time() - container.created < settings.ISOL8_ORPHAN_MIN_AGE
+        if container.status == "running" or containers.being_created(container.labels) or young:
+            continue
+        containers.remove_container(container.id)
+        removed += 1
     return removed
 
 

@@ -122,11 +122,24 @@ class SessionBoxes:
         if box is not None and destroy:
             box.destroy()
 
-    def forget_all(self) -> None:
-        """Forget every known sandbox (the engine restarted): each session's next call re-adopts its container."""
-        with self._lock:
-            self._boxes.clear()
-            self._meters.clear()
+    def end_stopped(self) -> int:
+        """Sessions of this host whose container no longer runs (the engine restarted) end as dead; how many.
+
+        Their processes and memory are gone with the old engine: the next call
+        says so instead of running in a container that lost its state, and the
+        orphan sweep removes the containers.
+        """
+        live = Session.objects.live().filter(worker_host=self.host).exclude(container_id="")
+        ended = 0
+        for session_pk, container_id in live.values_list("pk", "container_id"):
+            if containers.container_running(container_id):
+                continue
+            self.forget(session_pk, destroy=False)
+            session_services.session_mark_dead(
+                session_pk=session_pk, reason="its container stopped when its Docker engine went away"
+            )
+            ended += 1
+        return ended
 
     def drop(self, *, session_pk: int, container_id: str) -> None:
         """Remove a stopped session's container (DELETE, prune, admin terminate)."""
