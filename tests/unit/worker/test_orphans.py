@@ -11,16 +11,14 @@ from sandbox.containers import LABEL_ROLE, ManagedContainer
 from sandbox.egress import PROXY_ROLE
 from worker import daemon
 
-NOW = time.time()
-
-
 @pytest.fixture
 def engine(monkeypatch):
+    now = time.time()  # per test: the suite may reach this test minutes after import
     listed = [
-        ManagedContainer(id="old-owned", labels={}, status="running", created=NOW - 600),
-        ManagedContainer(id="old-orphan", labels={}, status="running", created=NOW - 600),
-        ManagedContainer(id="young", labels={}, status="running", created=NOW),
-        ManagedContainer(id="proxy", labels={LABEL_ROLE: PROXY_ROLE}, status="running", created=NOW - 600),
+        ManagedContainer(id="old-owned", labels={}, status="running", created=now - 600),
+        ManagedContainer(id="old-orphan", labels={}, status="running", created=now - 600),
+        ManagedContainer(id="young", labels={}, status="running", created=now),
+        ManagedContainer(id="proxy", labels={LABEL_ROLE: PROXY_ROLE}, status="running", created=now - 600),
     ]
     log: list[str] = []
 
