@@ -35,6 +35,8 @@ python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
 if [ $DOCKER = 1 ]; then
   command -v dockerd >/dev/null || missing+=(docker.io)
   command -v debootstrap >/dev/null || missing+=(debootstrap)
+  # The second Docker engine of the multi-host tests lives in a network namespace (ip netns).
+  [ $DEV = 1 ] && ! command -v ip >/dev/null && missing+=(iproute2)
   # The browser tests drive the distribution's Chromium (Playwright never downloads one).
   [ $DEV = 1 ] && ! command -v chromium >/dev/null && missing+=(chromium)
 fi
