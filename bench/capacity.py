@@ -22,6 +22,7 @@ Everything it starts is its own and is stopped by PID; containers by its labels.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import statistics
 import subprocess
@@ -42,6 +43,7 @@ from bench.stack import (
     DEFAULT_EVENTS_REDIS_URL,
     DEFAULT_REDIS_URL,
     ROOT,
+    TENANT,
     Stack,
     bench_env,
     remove_containers,
@@ -87,24 +89,18 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
 
 
-def container_cpu_seconds(host_labels: list[str], sockets: list[str | None]) -> float:
-    import docker
-
-    total = 0.0
-    for socket in sockets:
-        client = docker.DockerClient(base_url=socket) if socket else docker.from_env()
-        try:
-            for host in host_labels:
-                for container in client.containers.list(filters={"label": f"isol8.host={host}"}):
-                    stats = container.stats(stream=False)
-                    total += stats["cpu_stats"]["cpu_usage"]["total_usage"] / 1e9
-        finally:
-            client.close()
-    return total
+def descendants(root: int, table: dict[int, tuple[str, int, str]]) -> set[int]:
+    found, todo = {root}, [root]
+    while todo:
+        parent = todo.pop()
+        children = [pid for pid, (_, ppid, _) in table.items() if ppid == parent and pid not in found]
+        found.update(children)
+        todo.extend(children)
+    return found
 
 
-def part_of(cmdline: str, comm: str, stack_pids: dict[str, int]) -> str | None:
-    if "uvicorn" in cmdline or ("multiprocessing" in cmdline and "isol8" in cmdline):
+def part_of(pid: int, cmdline: str, comm: str, web: set[int]) -> str | None:
+    if pid in web:
         return "web"
     if "celery" in cmdline and " worker" in cmdline:
         return "workers"
@@ -115,19 +111,37 @@ def part_of(cmdline: str, comm: str, stack_pids: dict[str, int]) -> str | None:
     return None
 
 
+# Every container's CPU, removed ones included: cpuacct charges reach the parent cgroup of
+# each engine's containers (cgroup v1; docker for this engine, isol8-docker-b for engine b).
+CONTAINER_CGROUPS = (Path("/sys/fs/cgroup/cpuacct/docker"), Path(f"/sys/fs/cgroup/cpuacct/isol8-docker-{ENGINE}"))
+
+
+def containers_cpu_seconds() -> float:
+    total = 0
+    for cgroup in CONTAINER_CGROUPS:
+        usage = cgroup / "cpuacct.usage"
+        if usage.exists():
+            total += int(usage.read_text())
+    return total / 1e9
+
+
 @dataclass
 class CpuSample:
     parts: dict[str, float]
-    containers: float
 
 
-def cpu_sample(hosts: list[str], sockets: list[str | None], stack_pids: dict[str, int]) -> CpuSample:
+def cpu_sample(stack_pids: dict[str, int]) -> CpuSample:
+    table = processes()
+    web = descendants(stack_pids["web"], table)
     parts: dict[str, float] = {}
-    for pid, (cmdline, _parent, comm) in processes().items():
-        part = part_of(cmdline, comm, stack_pids)
+    for pid, (cmdline, _parent, comm) in table.items():
+        part = part_of(pid, cmdline, comm, web)
         if part is not None:
             parts[part] = parts.get(part, 0.0) + cpu_seconds(pid)
-    return CpuSample(parts=parts, containers=container_cpu_seconds(hosts, sockets))
+    parts["containers"] = containers_cpu_seconds()
+    times = os.times()
+    parts["bench clients"] = times.user + times.system
+    return CpuSample(parts=parts)
 
 
 # ------------------------------------------------------------- Redis, database
@@ -164,9 +178,19 @@ def database_counters() -> dict[str, int] | None:
 
 
 def container_memory_mib(container: Any) -> float:
-    stats = container.stats(stream=False)["memory_stats"]
+    import docker
+
+    try:
+        stats = container.stats(stream=False)["memory_stats"]
+    except docker.errors.NotFound:
+        return float("nan")
     cache = stats.get("stats", {}).get("total_inactive_file", stats.get("stats", {}).get("inactive_file", 0))
     return (stats["usage"] - cache) / 2**20
+
+
+def median_of(values: list[float]) -> float:
+    known = [v for v in values if v == v]  # NaN: the container went away meanwhile
+    return statistics.median(known) if known else float("nan")
 
 
 def rss_mib(pid: int) -> float:
@@ -176,14 +200,24 @@ def rss_mib(pid: int) -> float:
     return 0.0
 
 
+def open_session_caps() -> None:
+    """The bench tenant may hold the sessions the memory figures make."""
+    from django.db import connections
+
+    from tenants.models import Tenant
+
+    Tenant.objects.filter(slug=TENANT).update(max_sessions=None, max_session_cpus=None, max_session_memory=None)
+    connections.close_all()
+
+
 def memory_figures(url: str, key: str, host: str, worker_pid: int, sessions: int = 10) -> dict[str, float]:
     import docker
 
     client = docker.from_env()
     try:
         warm = [c for c in client.containers.list(filters={"label": f"isol8.host={host}"})
-                if "isol8.session" not in c.labels]
-        warm_mib = statistics.median(container_memory_mib(c) for c in warm) if warm else float("nan")
+                if not c.labels.get("isol8.session")]
+        warm_mib = median_of([container_memory_mib(c) for c in warm])
         before = rss_mib(worker_pid)
         names = [f"cap-{i}" for i in range(sessions)]
         with probes.api_client(url, key) as api:
@@ -191,8 +225,8 @@ def memory_figures(url: str, key: str, host: str, worker_pid: int, sessions: int
                 probes.check_result(api.post("/execute", json={**BODY, "sessionId": name}))
             time.sleep(2)
             held = [c for c in client.containers.list(filters={"label": f"isol8.host={host}"})
-                    if "isol8.session" in c.labels]
-            session_mib = statistics.median(container_memory_mib(c) for c in held)
+                    if c.labels.get("isol8.session")]
+            session_mib = median_of([container_memory_mib(c) for c in held])
             worker_per_session = (rss_mib(worker_pid) - before) / sessions
             for name in names:
                 api.delete(f"/session/{name}")
@@ -209,13 +243,12 @@ def measure_level(url: str, key: str, *, clients: int, runs: int, hosts: list[st
                   sockets: list[str | None], stack_pids: dict[str, int]) -> dict[str, Any]:
     factory: Callable[[], Any] = partial(probes.execute, url, key, BODY)
     throughput(factory, concurrency=clients, total_runs=clients * 5)  # warm the pools
-    cpu_before, redis_before, db_before = cpu_sample(hosts, sockets, stack_pids), redis_commands(), database_counters()
+    cpu_before, redis_before, db_before = cpu_sample(stack_pids), redis_commands(), database_counters()
     result = throughput(factory, concurrency=clients, total_runs=runs)
-    cpu_after, redis_after, db_after = cpu_sample(hosts, sockets, stack_pids), redis_commands(), database_counters()
+    cpu_after, redis_after, db_after = cpu_sample(stack_pids), redis_commands(), database_counters()
     done = max(1, len(result.series.timings))
     per_run = {part: (cpu_after.parts.get(part, 0) - cpu_before.parts.get(part, 0)) / done * 1000
                for part in sorted(set(cpu_after.parts) | set(cpu_before.parts))}
-    per_run["containers"] = max(0.0, cpu_after.containers - cpu_before.containers) / done * 1000
     figures: dict[str, Any] = {
         "clients": clients,
         "runs": len(result.series.timings),
@@ -256,6 +289,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     env = bench_env(mode="launcher", redis_url=DEFAULT_REDIS_URL, events_redis_url=DEFAULT_EVENTS_REDIS_URL)
     if args.database_url:
         env.overrides["DATABASE_URL"] = args.database_url
@@ -268,6 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     worker_b = None
     try:
         stack.start()
+        open_session_caps()
         pids = {name: proc.pid for name, proc in stack.procs.items()}
         memory = memory_figures(stack.url, stack.key, env.host, stack.procs["worker"].pid)
         one = [measure_level(stack.url, stack.key, clients=c, runs=args.runs, hosts=[env.host], sockets=[None],
