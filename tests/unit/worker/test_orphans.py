@@ -11,6 +11,7 @@ from sandbox.containers import LABEL_ROLE, ManagedContainer
 from sandbox.egress import PROXY_ROLE
 from worker import daemon
 
+
 @pytest.fixture
 def engine(monkeypatch):
     now = time.time()  # per test: the suite may reach this test minutes after import
