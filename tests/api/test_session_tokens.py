@@ -174,7 +174,10 @@ def test_a_staff_token_lives_as_long_as_its_users_permission(tenant, fake_dispat
     assert answers[0]["status"] == 401
 
 
-def test_the_terminal_page_needs_the_permission_and_a_live_session(client, tenant, fake_dispatch):
+def test_the_terminal_page_needs_the_permission_and_a_live_session(client, tenant, fake_dispatch, settings):
+    # No collectstatic in this layer: plain static URLs instead of the manifest's hashed ones.
+    settings.STORAGES = {**settings.STORAGES,
+                         "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"}}
     session = make_session(tenant, "s1")
     page = f"/admin/sessions_app/session/{session.pk}/terminal/"
     assert client.get(page).status_code == 302  # not logged in: the admin's login page
