@@ -81,6 +81,12 @@ def test_cpu_used_by_a_session_between_runs_is_charged_to_its_tenant(stack, tena
         before = tenant_usage(tenant=tenant).month_seconds
         time.sleep(4 * float(os.environ.get("ISOL8_METER_SECONDS", "2")))
         charged = tenant_usage(tenant=tenant).month_seconds - before
+        # A loaded machine may delay the worker's housekeeping (it meters between orphan
+        # sweeps): give it up to 30 s more before calling the CPU uncharged.
+        deadline = time.monotonic() + 30
+        while charged <= 2 and time.monotonic() < deadline:
+            time.sleep(1)
+            charged = tenant_usage(tenant=tenant).month_seconds - before
         api.delete("/session/spinner")
     # No run went on meanwhile, yet the background loop's CPU time was charged.
     assert charged > 2, charged
