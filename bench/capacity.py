@@ -239,8 +239,7 @@ def memory_figures(url: str, key: str, host: str, worker_pid: int, sessions: int
 # ------------------------------------------------------------------------ runs
 
 
-def measure_level(url: str, key: str, *, clients: int, runs: int, hosts: list[str],
-                  sockets: list[str | None], stack_pids: dict[str, int]) -> dict[str, Any]:
+def measure_level(url: str, key: str, *, clients: int, runs: int, stack_pids: dict[str, int]) -> dict[str, Any]:
     factory: Callable[[], Any] = partial(probes.execute, url, key, BODY)
     throughput(factory, concurrency=clients, total_runs=clients * 5)  # warm the pools
     cpu_before, redis_before, db_before = cpu_sample(stack_pids), redis_commands(), database_counters()
@@ -305,8 +304,7 @@ def main(argv: list[str] | None = None) -> int:
         open_session_caps()
         pids = {name: proc.pid for name, proc in stack.procs.items()}
         memory = memory_figures(stack.url, stack.key, env.host, stack.procs["worker"].pid)
-        one = [measure_level(stack.url, stack.key, clients=c, runs=args.runs, hosts=[env.host], sockets=[None],
-                             stack_pids=pids) for c in clients]
+        one = [measure_level(stack.url, stack.key, clients=c, runs=args.runs, stack_pids=pids) for c in clients]
         socket = engine("start") and f"unix:///run/isol8-docker-{ENGINE}.sock"
         log = open(env.log_dir / "worker-b.log", "ab")  # noqa: SIM115 - closed below
         queues = f"{env.overrides['ISOL8_RUN_QUEUE']},isol8.host.{host_b}"
@@ -324,8 +322,7 @@ def main(argv: list[str] | None = None) -> int:
             if time.monotonic() > deadline:
                 raise RuntimeError("worker B did not come up")
             time.sleep(0.5)
-        two = [measure_level(stack.url, stack.key, clients=c, runs=args.runs, hosts=[env.host, host_b],
-                             sockets=[None, socket], stack_pids=pids) for c in clients]
+        two = [measure_level(stack.url, stack.key, clients=c, runs=args.runs, stack_pids=pids) for c in clients]
     finally:
         if worker_b is not None:
             stop_process(worker_b)
