@@ -20,7 +20,7 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -548,8 +548,9 @@ def container_running(container_id: str) -> bool:
     return bool(attrs and attrs["State"]["Running"])
 
 
-def container_cpu_ns(container_id: str) -> int | None:
-    return dockerapi.container_cpu_ns(container_id)
+def containers_cpu_ns(container_ids: Iterable[str]) -> dict[str, int | None]:
+    """CPU time (ns) each container has used so far; None for one the engine cannot say about."""
+    return dockerapi.containers_cpu_ns(container_ids)
 
 
 def docker_ping() -> bool:

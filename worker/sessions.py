@@ -173,8 +173,9 @@ class SessionBoxes:
         """
         with self._lock:
             boxes = dict(self._boxes)
+        readings = containers.containers_cpu_ns(box.container_id for box in boxes.values())
         for session_pk, box in boxes.items():
-            cpu_ns = containers.container_cpu_ns(box.container_id)
+            cpu_ns = readings.get(box.container_id)
             if cpu_ns is None:
                 continue
             with self._lock:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -133,3 +134,20 @@ def test_a_container_that_fails_to_start_is_removed_and_not_held(fake_engine):
     with pytest.raises(SandboxError):
         containers.create_sandbox(runtime="python", limits=LIMITS, labels={})
     assert fake_engine["removed"] == ["fresh-1"] and "fresh-1" not in containers.held_container_ids()
+
+
+def test_cpu_readings_of_many_containers_are_asked_for_at_once(monkeypatch):
+    # Docker 20.10 answers each stats request after about a second: session metering asks for
+    # all of a host's containers together. Four readings that each wait for the other three
+    # only finish if they are in flight at the same time.
+    from sandbox import dockerapi
+
+    together = threading.Barrier(4, timeout=10)
+
+    def reading(container_id: str) -> int | None:
+        together.wait()
+        return None if container_id == "gone" else len(container_id)
+
+    monkeypatch.setattr(dockerapi, "container_cpu_ns", reading)
+    assert containers.containers_cpu_ns(["a", "bb", "ccc", "gone"]) == {"a": 1, "bb": 2, "ccc": 3, "gone": None}
+    assert containers.containers_cpu_ns([]) == {}
