@@ -51,6 +51,11 @@ class SandboxConfig:
     package_cache: Path = Path("var/packages")
     install_timeout_ms: int = 300_000
     egress_allow: tuple[str, ...] = ()
+    # network "filtered": a directory per sandbox holding its egress gateway socket
+    # (bind-mounted into it; the Docker engine must see the same path).
+    egress_dir: Path = Path("var/egress")
+    # Networks the gateway may reach although they are private (an internal mirror).
+    egress_permit_networks: tuple[str, ...] = ()
     prebuilt_images: tuple[PrebuiltImage, ...] = field(default=())
 
 

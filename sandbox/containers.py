@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import secrets
+import shutil
 import threading
 import time
 import uuid
@@ -26,7 +28,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from sandbox import dockerapi
+from sandbox import dockerapi, gateway
 from sandbox.config import current
 from sandbox.errors import SandboxError
 from sandbox.images import image_name
@@ -52,6 +54,7 @@ LABEL_MODE = "isol8.mode"
 LABEL_UID = "isol8.uid"
 LABEL_ROLE = "isol8.role"
 LABEL_CREATION = "isol8.creation"  # a nonce per creation: the sweep spares a container still being made
+LABEL_EGRESS = "isol8.egress"  # network "filtered": the name of the sandbox's egress lane directory
 
 
 class UidAllocator:
@@ -138,12 +141,18 @@ def hardened_config(
     uid: int,
     egress: bool = False,
     image: str | None = None,
+    lane_dir: str | None = None,
 ) -> dict[str, Any]:
     """``containers.create`` arguments: sandbox.md's hardening baseline, every control.
 
     ``egress`` is only for package installers: their network is the internal
     egress network, whose only way out is the allow-list proxy. User code never
     runs in such a container.
+
+    ``lane_dir`` (network "filtered"): the network stays ``none``; the
+    directory of the sandbox's egress gateway socket is mounted read-only at
+    gateway.MOUNT_DIR and the launcher starts its relay to it
+    (sandbox/gateway.py): that socket is the sandbox's only way out.
     """
     cfg = current()
     inodes = cfg.inodes
@@ -195,6 +204,10 @@ def hardened_config(
         )
     else:
         config.update(command=[*INIT, *LAUNCHER_ARGV, "keepalive", "--uid", str(uid)], user=KEEPALIVE_USER)
+    if lane_dir is not None:
+        config["volumes"] = {lane_dir: {"bind": gateway.MOUNT_DIR, "mode": "ro"}}
+        config["labels"][LABEL_EGRESS] = os.path.basename(lane_dir)
+        config["command"] = [*config["command"], "--egress", gateway.lane_socket(gateway.MOUNT_DIR)]
     return config
 
 
@@ -338,6 +351,7 @@ class Sandbox:
     installed: set[str] = field(default_factory=set)  # package sets unpacked (sessions)
     # Held by whoever talks to the launcher of a session's sandbox (a run or a file operation).
     lock: threading.Lock = field(default_factory=threading.Lock)
+    lane_dir: str | None = None  # network "filtered": the directory of its egress socket (``lane``)
 
     def __post_init__(self) -> None:
         with _held_lock:
@@ -419,10 +433,18 @@ class Sandbox:
             return False
         return True
 
+    @property
+    def lane(self) -> str | None:
+        """The host path of this sandbox's egress gateway socket (network "filtered"), else None."""
+        return gateway.lane_socket(self.lane_dir) if self.lane_dir else None
+
     def destroy(self) -> None:
         self.transport.close()
         dockerapi.remove_container(self.container_id)
         uids().release(self.uid)
+        if self.lane is not None:
+            gateway.default_gateway().close(self.lane)
+            remove_lane_dir(self.lane_dir)
         with _held_lock:
             _held.pop(self.container_id, None)
 
@@ -440,6 +462,7 @@ def create_sandbox(
     mode = mode or current().mode
     uid = uids().allocate()
     nonce = uuid.uuid4().hex
+    lane_dir = make_lane_dir() if limits.network == "filtered" else None
     config = hardened_config(
         runtime=runtime,
         limits=limits,
@@ -448,6 +471,7 @@ def create_sandbox(
         egress=egress,
         image=image,
         uid=uid,
+        lane_dir=lane_dir,
     )
     with _held_lock:
         _creating.add(nonce)
@@ -455,6 +479,7 @@ def create_sandbox(
         container_id = dockerapi.create_container(config)
     except SandboxError:
         uids().release(uid)
+        remove_lane_dir(lane_dir)
         with _held_lock:
             _creating.discard(nonce)
         raise
@@ -469,11 +494,12 @@ def create_sandbox(
             transport = ExecTransport(container_id, uid)
         return Sandbox(
             container_id=container_id, runtime=runtime, limits=limits, mode=mode, transport=transport,
-            image=image, uid=uid,
+            image=image, uid=uid, lane_dir=lane_dir,
         )
     except SandboxError:
         dockerapi.remove_container(container_id)
         uids().release(uid)
+        remove_lane_dir(lane_dir)
         raise
     finally:
         with _held_lock:
@@ -494,8 +520,10 @@ def adopt_sandbox(*, container_id: str, runtime: str, limits: Limits) -> Sandbox
     transport: LauncherTransport | ExecTransport = (
         LauncherTransport(container_id) if mode == "launcher" else ExecTransport(container_id, uid)
     )
+    lane = labels.get(LABEL_EGRESS)
     box = Sandbox(
-        container_id=container_id, runtime=runtime, limits=limits, mode=mode, transport=transport, uid=uid
+        container_id=container_id, runtime=runtime, limits=limits, mode=mode, transport=transport, uid=uid,
+        lane_dir=str(_lanes_root() / lane) if lane else None,
     )
     box.resync()
     return box
@@ -503,6 +531,47 @@ def adopt_sandbox(*, container_id: str, runtime: str, limits: Limits) -> Sandbox
 
 def remove_container(container_id: str) -> None:
     dockerapi.remove_container(container_id)
+
+
+# ------------------------------------------------------------ egress lanes
+
+
+def _lanes_root() -> Path:
+    cfg = current()
+    return cfg.egress_dir / cfg.host  # hosts may share the directory: each sweeps its own
+
+
+def make_lane_dir() -> str:
+    """A new directory for a filtered sandbox's egress socket (world-traversable: the relay is another uid)."""
+    root = _lanes_root()
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / secrets.token_hex(8)
+    if len(gateway.lane_socket(str(path)).encode()) > 107:
+        raise SandboxError("ISOL8_EGRESS_DIR is too long a path for a Unix socket; pick a shorter one")
+    path.mkdir(mode=0o755)
+    path.chmod(0o755)
+    return str(path)
+
+
+def remove_lane_dir(lane_dir: str | None) -> None:
+    if lane_dir is not None:
+        shutil.rmtree(lane_dir, ignore_errors=True)
+
+
+def remove_stale_lane_dirs(min_age: float = 0.0) -> int:
+    """Lane directories no container of this host names any more (a crash, a removed container); how many.
+
+    Those younger than ``min_age`` seconds are spared: their container may be being created.
+    """
+    root = _lanes_root()
+    if not root.is_dir():
+        return 0
+    named = {c.labels.get(LABEL_EGRESS) for c in list_managed(host=current().host)}
+    now = time.time()
+    stale = [p for p in root.iterdir() if p.is_dir() and p.name not in named and now - p.stat().st_mtime >= min_age]
+    for path in stale:
+        shutil.rmtree(path, ignore_errors=True)
+    return len(stale)
 
 
 # ---------------------------------------------------------------- inventory

@@ -22,6 +22,7 @@ from typing import Any
 from sandbox.config import current
 from sandbox.containers import Sandbox, container_state
 from sandbox.errors import SandboxError
+from sandbox.gateway import proxy_environment
 from sandbox.runtimes import BASE_ENV, RUNTIMES, SANDBOX, SETUP_ENV
 from sandbox.spec import ExecutionSpec, Limits, RunResult, truncation_marker
 
@@ -85,6 +86,8 @@ def build_request(
         argv = runtime.argv(code_path)
     env = dict(BASE_ENV)
     env.update(runtime.env)
+    if limits.network == "filtered":
+        env.update(proxy_environment())  # ordinary clients find the egress gateway's relay
     env.update(spec.secrets)
     env.update(spec.env)
     request: dict[str, Any] = {

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-# The network modes a request may name (isol8's); only "none" is served today.
+# The network modes a request may name (isol8's); "none" and "filtered" are served.
 NETWORK_MODES = ("none", "filtered", "host")
 
 
@@ -63,6 +63,10 @@ class ExecutionSpec:
     tty: bool = False  # the code runs on a pseudo-terminal of the sandbox
     # Its stdin stays open for live input (GET /execute/ws) until an eof message.
     interactive: bool = False
+    # network "filtered": the EgressPolicy (sandbox/netfilter.py) as JSON, the
+    # request's filter and the tenant's policy resolved by the web side.
+    egress: dict[str, Any] = field(default_factory=dict)
+    log_network: bool = False  # isol8's logNetwork: the result carries networkLogs
 
     @classmethod
     def from_request(cls, request: dict[str, Any], options: dict[str, Any]) -> ExecutionSpec:
@@ -105,6 +109,8 @@ class ExecutionSpec:
             install_packages=stored.get("installPackages", []),
             tty=bool(stored.get("tty", False)),
             interactive=bool(stored.get("interactive", False)),
+            egress=stored.get("egress", {}),
+            log_network=bool(stored.get("logNetwork", False)),
         )
 
     def to_stored(self) -> dict[str, Any]:
@@ -122,6 +128,8 @@ class ExecutionSpec:
             "secretNames": sorted(self.secrets),
             "tty": self.tty,
             "interactive": self.interactive,
+            "egress": self.egress,
+            "logNetwork": self.log_network,
         }
         return {k: v for k, v in data.items() if v}
 
@@ -152,3 +160,5 @@ class RunResult:
     # Setup-script failure: the API answers 422 setup_failed with this message.
     setup_failed: bool = False
     package_source: str = ""
+    # network "filtered": {"entries": [...], "totals": {...}} from the egress gateway.
+    network_log: dict[str, Any] | None = None

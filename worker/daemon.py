@@ -79,6 +79,7 @@ class Worker:
         WorkerHost.objects.get_or_create(name=self.host)
         containers.uids().check_host_accounts()
         remove_orphans(keep=lambda: self.sessions.container_ids(mark_missing_dead=True))
+        containers.remove_stale_lane_dirs()  # sessions that outlive a restart keep theirs
         containers.sync_uids()
         self.heartbeat()
         self.pool.start()
@@ -100,6 +101,7 @@ class Worker:
         self.pool.close()
         wire.beat_stopped(self.host)
         remove_orphans(keep=self.sessions.container_ids, proxies=True)
+        containers.remove_stale_lane_dirs()
 
     def heartbeat(self) -> None:
         """Say this host is alive, whether its engine answers, its load; stop or resume taking shared runs.
@@ -204,6 +206,7 @@ class Worker:
                     # Containers being created right now are not owned yet:
                     # only those older than ISOL8_ORPHAN_MIN_AGE count as orphans.
                     self.remove_orphans_now()
+                    containers.remove_stale_lane_dirs(min_age=settings.ISOL8_ORPHAN_MIN_AGE)
                     containers.sync_uids()
             except Exception:
                 logger.exception("housekeeping failed")

@@ -22,7 +22,9 @@ from executions.models import Execution
 from isol8_site import tracing
 from sandbox.containers import Sandbox
 from sandbox.errors import DockerUnavailableError, InstallError, SandboxError
+from sandbox.gateway import default_gateway
 from sandbox.images import covering_image
+from sandbox.netfilter import EgressPolicy
 from sandbox.packages import prepare_packages
 from sandbox.pool import SandboxPool
 from sandbox.run import Publish, RunHandle, run_in_sandbox
@@ -175,11 +177,21 @@ def execute(
             status="error", error=str(exc), error_code="install_failed", exit_code=exc.exit_code,
             container_id=box.container_id,
         )
-    with (InputPump(str(execution.pk), handle) if spec.interactive else nullcontext(),
-          tracing.span("sandbox.run", container=box.container_id[:12], session=in_session)):
-        result = run_in_sandbox(
-            box, spec, limits, in_session=in_session, history_max=settings.ISOL8_HISTORY_MAX_OUTPUT,
-            publish=publish, handle=handle,
-        )
+    lane = box.lane
+    if lane is not None:
+        # A filtered run: its connections go through while it runs, under its policy
+        # (none at all if the spec has none: no ports are open then).
+        policy = EgressPolicy.from_json(spec.egress) if spec.egress else EgressPolicy(ports=())
+        default_gateway().begin(lane, tenant=execution.tenant.slug, policy=policy)
+    try:
+        with (InputPump(str(execution.pk), handle) if spec.interactive else nullcontext(),
+              tracing.span("sandbox.run", container=box.container_id[:12], session=in_session)):
+            result = run_in_sandbox(
+                box, spec, limits, in_session=in_session, history_max=settings.ISOL8_HISTORY_MAX_OUTPUT,
+                publish=publish, handle=handle,
+            )
+    finally:
+        network_log = default_gateway().end(lane) if lane is not None else None
     result.package_source = source
+    result.network_log = network_log
     return result
