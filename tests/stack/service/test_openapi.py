@@ -87,7 +87,10 @@ def schemathesis(stack: Any, key: str, name: str, *args: str, max_examples: int 
         "--checks", CHECKS,
         "--max-examples", str(max_examples),
         "--seed", "17",
-        "--workers", "2",
+        # One worker: schemathesis' workers are threads, and CPython 3.11.7's ast.parse (which
+        # hypothesis calls to describe lambdas) is not thread-safe: "AST constructor recursion
+        # depth mismatch" failed a CI run (gh-106905, fixed in later 3.11 releases).
+        "--workers", "1",
         "--request-timeout", "60",
         "--phases", "examples,coverage,fuzzing",
         "--suppress-health-check", "all",
