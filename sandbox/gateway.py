@@ -69,6 +69,7 @@ def proxy_environment() -> dict[str, str]:
     env["no_proxy"] = env["NO_PROXY"] = ""
     env["npm_config_proxy"] = env["npm_config_https_proxy"] = url
     env["NODE_USE_ENV_PROXY"] = "1"  # Node's own fetch honours the variables only when asked
+    env["NODE_OPTIONS"] = "--disable-warning=UNDICI-EHPA"  # ... and warns that it is experimental
     return env
 
 

@@ -23,7 +23,7 @@ from sandbox.config import current
 from sandbox.containers import Sandbox, container_state
 from sandbox.errors import SandboxError
 from sandbox.gateway import proxy_environment
-from sandbox.runtimes import BASE_ENV, RUNTIMES, SANDBOX, SETUP_ENV
+from sandbox.runtimes import BASE_ENV, RUNTIMES, SANDBOX, SETUP_ENV, SYSTEM_TRUST_ENV
 from sandbox.spec import ExecutionSpec, Limits, RunResult, truncation_marker
 
 logger = logging.getLogger(__name__)
@@ -88,6 +88,7 @@ def build_request(
     env.update(runtime.env)
     if limits.network == "filtered":
         env.update(proxy_environment())  # ordinary clients find the egress gateway's relay
+        env.update(SYSTEM_TRUST_ENV)
     env.update(spec.secrets)
     env.update(spec.env)
     request: dict[str, Any] = {

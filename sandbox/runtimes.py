@@ -123,4 +123,8 @@ RUNTIMES: dict[str, Runtime] = {
     )
 }
 RUNTIME_NAMES = tuple(RUNTIMES)
+
+# network "filtered": TLS clients that bring their own roots trust the system's store
+# too (where build_images put a local CA, for machines whose TLS is intercepted).
+SYSTEM_TRUST_ENV = {"NODE_EXTRA_CA_CERTS": CA_BUNDLE, "DENO_TLS_CA_STORE": "system,mozilla"}
 PREBUILT_RUNTIMES = tuple(name for name, rt in RUNTIMES.items() if rt.prebuilt_install)

@@ -16,6 +16,10 @@ It speaks one small framed protocol with the worker (protocol.py), in two modes:
 
 (``keepalive`` is the fallback's main process: it names the code user and waits.)
 
+With ``--egress SOCKET`` (``network: "filtered"``), ``serve`` and ``keepalive``
+also start the egress relay (relay.py): a process of its own, as uid 65534,
+that connects the sandbox's 127.0.0.1:3128 to the host's egress gateway.
+
 The code user can neither write to the launcher's stdout (it only ever holds its
 own pipes, and the launcher's /proc entries belong to root) nor read the
 launcher's memory or environment (different uid; ptrace and process_vm_* are
@@ -24,5 +28,6 @@ refused by the seccomp profile).
 Modules: protocol (framing), paths (the code user's files, resolved beneath
 their roots), procs (the code user's identity and processes), run (a run's
 loop), forkclient and forkserver (the python fork server), ops (the
-operations and the Launcher object that holds all state), main (the modes).
+operations and the Launcher object that holds all state), relay (the egress
+relay), main (the modes).
 """

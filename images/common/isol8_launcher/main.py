@@ -1,4 +1,10 @@
-"""The launcher's modes: ``serve``, ``once`` and ``keepalive`` (see the package's docstring)."""
+"""The launcher's modes: ``serve``, ``once`` and ``keepalive`` (see the package's docstring).
+
+``serve`` and ``keepalive`` take ``--uid N`` (the code user) and, for a
+``network: "filtered"`` sandbox, ``--egress SOCKET``: the gateway's Unix
+socket, which the egress relay (relay.py, a process of its own as uid 65534)
+connects 127.0.0.1:3128 to.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,7 @@ import signal
 import sys
 from typing import NoReturn
 
+from isol8_launcher import relay
 from isol8_launcher.ops import Launcher
 from isol8_launcher.procs import CodeUser
 from isol8_launcher.protocol import OpError, read_request
@@ -33,6 +40,16 @@ def write_identity(uid: int, gid: int, *, etc: str = "/etc", identity_dir: str =
         os.replace(path + ".new", path)
 
 
+def option(args: list[str], name: str) -> str | None:
+    """The value that follows ``name`` in ``args`` (``--egress SOCKET``); None without ``name``."""
+    if name not in args:
+        return None
+    at = args.index(name) + 1
+    if at == len(args) or args[at].startswith("--"):
+        raise ValueError(f"{name} needs a value")
+    return args[at]
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv if argv is None else argv
     mode = args[1] if len(args) > 1 else "serve"
@@ -47,32 +64,57 @@ def main(argv: list[str] | None = None) -> int:
         if req is not None:
             Launcher(user).handle(req)
         return 0
-    if mode == "keepalive":
-        keepalive(user)
-    if mode != "serve":
+    if mode not in ("serve", "keepalive"):
         print(f"unknown mode {mode}", file=sys.stderr)
         return 2
-    return serve(user)
+    try:
+        egress = option(args[2:], "--egress")
+    except ValueError as exc:
+        print(f"isol8 launcher: {exc}", file=sys.stderr)
+        return 2
+    if mode == "keepalive":
+        keepalive(user, egress=egress)
+    return serve(user, egress=egress)
 
 
-def keepalive(user: CodeUser) -> NoReturn:
+def start_relay(user: CodeUser, egress: str | None) -> None:
+    """With ``--egress``: start the egress relay (relay.py), without waiting for it.
+
+    It runs as uid 65534, never as root or as the code user (whose reset kills
+    every process of its uid); if it cannot start, the sandbox has no way out.
+    """
+    if egress is None:
+        return
+    if user.uid == relay.RELAY_UID:
+        print(f"isol8 launcher: no egress relay: the code user is uid {relay.RELAY_UID}", file=sys.stderr)
+        return
+    relay.start(egress)
+
+
+def keepalive(user: CodeUser, *, egress: str | None = None) -> NoReturn:
     """The exec fallback's main process (no capability, not the code user).
 
-    It names the code user, then waits to be stopped.
+    It starts the egress relay (with ``egress``), names the code user, then
+    waits to be stopped.
     """
+    start_relay(user, egress)
     write_identity(user.uid, user.gid)
     while True:
         signal.pause()
 
 
-def serve(user: CodeUser) -> int:
-    """The container's main process: requests from stdin, frames to stdout, until stdin ends."""
+def serve(user: CodeUser, *, egress: str | None = None) -> int:
+    """The container's main process: requests from stdin, frames to stdout, until stdin ends.
+
+    With ``egress``, the egress relay is started first.
+    """
     if user.is_current() or os.getuid() != 0:
         print("serve mode runs as root with --uid naming the code user", file=sys.stderr)
         return 2
     # Root's supplementary groups would grant group access while acting as the code user.
     os.setgroups([])
     os.umask(0o022)
+    start_relay(user, egress)
     write_identity(user.uid, user.gid)
     launcher = Launcher(user)
     while True:

@@ -2,8 +2,9 @@
 
 The code user of a sandbox is a uid of its own on the host (``serve --uid``);
 in once mode, the uid the launcher was exec'd as. Nothing here ever creates a
-process except ``spawn`` (and the fork server in forkclient): a sandbox whose
-process slots are all taken must still be killable and resettable.
+process except ``spawn`` (and the fork server in forkclient, and the egress
+relay in relay.py, once at start-up): a sandbox whose process slots are all
+taken must still be killable and resettable.
 """
 
 from __future__ import annotations

@@ -68,14 +68,17 @@ def filtered_tenant(tenant):
     return tenant
 
 
-def filtered(api, code, *, whitelist=None, blacklist=None, log=True, **extra):
+def filtered(api, code, *, whitelist=None, blacklist=None, log=True, timeout_ms=None, **extra):
     network_filter = {}
     if whitelist is not None:
         network_filter["whitelist"] = whitelist
     if blacklist is not None:
         network_filter["blacklist"] = blacklist
     options = {"network": "filtered", "networkFilter": network_filter, "logNetwork": log}
-    return run(api, {"runtime": "python", "code": code}, options, **extra)
+    request = {"runtime": "python", "code": code}
+    if timeout_ms is not None:
+        request["timeoutMs"] = timeout_ms
+    return run(api, request, options, **extra)
 
 
 def fetch(url: str) -> str:
@@ -114,7 +117,7 @@ def test_pip_download_works_unchanged_through_the_proxy(filtered_tenant, api):
         "import os\n"
         "print(r.returncode, sorted(os.listdir('/sandbox/dl')) if os.path.isdir('/sandbox/dl') else r.stderr[-500:])\n"
     )
-    response = filtered(api, code, whitelist=PYPI, timeoutMs=60_000)
+    response = filtered(api, code, whitelist=PYPI, timeout_ms=60_000)
     body = response.json()
     assert body["stdout"].strip() == "0 ['six-1.16.0-py2.py3-none-any.whl']", body
     hosts = {(e["host"], e["action"]) for e in body["networkLogs"]}
@@ -146,7 +149,8 @@ def test_nothing_but_the_relay_is_reachable_by_construction(filtered_tenant, api
     assert out.pop("interfaces") == ["lo"]
     assert out.pop("relay") == "reached"
     assert all(verdict != "reached" for verdict in out.values()), out
-    assert "networkLogs" not in body  # no connection went through the gateway
+    # Only the probe of the relay reached the gateway (and said nothing: a bad request).
+    assert [(e["action"], e["reason"]) for e in body["networkLogs"]] == [("BLOCK", "bad_request")]
 
 
 def test_network_none_is_unchanged(api):
@@ -196,3 +200,37 @@ def test_a_session_keeps_its_network_and_reaches_out_in_each_run(filtered_tenant
     switched = run(api, {"runtime": "python", "code": "print(1)"}, {"network": "none"}, sessionId="net")
     assert switched.status_code == 400, switched.text
     api.delete("/session/net")
+
+
+@pytest.mark.parametrize(("runtime", "code"), [
+    ("node", "const r = await fetch('https://pypi.org/simple/six/'); console.log(r.status)"),
+    ("bun", "const r = await fetch('https://pypi.org/simple/six/'); console.log(r.status)"),
+    ("deno", "const r = await fetch('https://pypi.org/simple/six/'); await r.body?.cancel(); console.log(r.status)"),
+    # Plain HTTP by hand: whatever the origin answers (this machine's mirror: 404) came from it.
+    ("bash", "exec 3<>/dev/tcp/127.0.0.1/3128; printf 'GET http://pypi.org/simple/six/ HTTP/1.1\\r\\n"
+             "Host: pypi.org\\r\\n\\r\\n' >&3; head -1 <&3 | cut -d' ' -f2"),
+])
+def test_every_runtimes_ordinary_client_goes_through(filtered_tenant, api, runtime, code):
+    options = {"network": "filtered", "networkFilter": {"whitelist": PYPI}, "logNetwork": True}
+    body = run(api, {"runtime": runtime, "code": code, "timeoutMs": 30_000}, options).json()
+    status = body.get("stdout", "").strip().splitlines()[-1:]
+    assert status == ["200"] or (runtime == "bash" and status[0].isdigit()), body
+    assert body["stderr"] == "", body["stderr"]
+    (entry,) = body["networkLogs"]
+    method = "GET" if runtime == "bash" else "CONNECT"
+    assert (entry["method"], entry["host"], entry["action"]) == (method, "pypi.org", "ALLOW"), entry
+
+
+def test_a_connection_ends_with_its_run(filtered_tenant, api):
+    code = (
+        "import socket, time\n"
+        "s = socket.create_connection(('127.0.0.1', 3128))\n"
+        "s.sendall(b'CONNECT pypi.org:443 HTTP/1.1\\r\\n\\r\\n')\n"
+        "print(s.recv(100).split(b'\\r\\n')[0].decode(), flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    body = filtered(api, code, whitelist=PYPI, timeout_ms=2000).json()
+    assert body["stdout"].strip() == "HTTP/1.1 200 Connection established"
+    (entry,) = body["networkLogs"]
+    # The tunnel was open when the run timed out: it closed with the run, not a minute later.
+    assert entry["action"] == "ALLOW" and entry["durationMs"] < 5000, entry

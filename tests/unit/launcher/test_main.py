@@ -8,7 +8,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from isol8_launcher.main import main, serve, write_identity
+from isol8_launcher import main as launcher_main
+from isol8_launcher import relay
+from isol8_launcher.main import main, serve, start_relay, write_identity
 from isol8_launcher.procs import CodeUser
 
 from sandbox.protocol import encode_request
@@ -106,3 +108,63 @@ def test_once_mode_answers_one_request_from_stdin_on_stdout(sigpipe, capfdbinary
         os.close(read_fd)
     (frame,) = parse_frames(capfdbinary.readouterr().out)
     assert frame.kind == "r" and frame.json() == {"pong": "once", "ok": True}
+
+
+class StandInError(Exception):
+    """Raised by the stand-ins of serve and keepalive: main() passed them these arguments."""
+
+
+@pytest.fixture
+def modes(monkeypatch, sigpipe) -> None:
+    def stand_in(mode: str):
+        def run(user: CodeUser, *, egress: str | None = None) -> int:
+            raise StandInError(mode, user.uid, user.gid, egress)
+
+        return run
+
+    monkeypatch.setattr(launcher_main, "serve", stand_in("serve"))
+    monkeypatch.setattr(launcher_main, "keepalive", stand_in("keepalive"))
+
+
+@pytest.mark.parametrize("mode", ["serve", "keepalive"])
+def test_serve_and_keepalive_take_the_egress_socket(modes, mode):
+    with pytest.raises(StandInError) as started:
+        main(["launch.py", mode, "--uid", "3000007", "--egress", "/run/isol8-egress/proxy.sock"])
+    assert started.value.args == (mode, 3_000_007, 3_000_007, "/run/isol8-egress/proxy.sock")
+
+
+@pytest.mark.parametrize("mode", ["serve", "keepalive"])
+def test_without_egress_there_is_no_relay_socket(modes, mode):
+    with pytest.raises(StandInError) as started:
+        main(["launch.py", mode, "--uid", "3000007"])
+    assert started.value.args == (mode, 3_000_007, 3_000_007, None)
+
+
+@pytest.mark.parametrize("args", [["--uid", "3000007", "--egress"], ["--egress", "--uid", "3000007"]])
+def test_egress_without_a_socket_exits_2(modes, capsys, args):
+    assert main(["launch.py", "serve", *args]) == 2
+    assert "--egress needs a value" in capsys.readouterr().err
+
+
+@pytest.fixture
+def relay_starts(monkeypatch) -> list[str]:
+    started: list[str] = []
+    monkeypatch.setattr(relay, "start", lambda path: started.append(path))
+    return started
+
+
+def test_the_relay_is_started_with_the_egress_socket(relay_starts):
+    start_relay(CodeUser(3_000_007, 3_000_007), "/run/isol8-egress/proxy.sock")
+    start_relay(CodeUser(3_000_007, 3_000_007), None)
+    assert relay_starts == ["/run/isol8-egress/proxy.sock"]
+
+
+def test_no_relay_when_the_code_user_has_the_relays_uid(relay_starts, capsys):
+    start_relay(CodeUser(relay.RELAY_UID, relay.RELAY_UID), "/run/isol8-egress/proxy.sock")
+    assert relay_starts == []
+    assert "no egress relay" in capsys.readouterr().err
+
+
+def test_serve_refusing_to_run_starts_no_relay(relay_starts, capsys):
+    assert serve(CodeUser(os.getuid(), os.getgid()), egress="/run/isol8-egress/proxy.sock") == 2
+    assert relay_starts == []
