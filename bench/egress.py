@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import statistics
 import sys
 import time
 import urllib.request
-from urllib.parse import urljoin
 from pathlib import Path
+from urllib.parse import urljoin
 
 import httpx
 
@@ -128,6 +129,7 @@ def main() -> int:
     parser.add_argument("--downloads", type=int, default=5)
     parser.add_argument("--size-url", default="", help="a file to download (default: a numpy wheel)")
     args = parser.parse_args()
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # the service's config logs every request
     url = args.size_url or default_url()
     env: BenchEnv = bench_env(mode="launcher", redis_url=DEFAULT_REDIS_URL, events_redis_url=DEFAULT_EVENTS_REDIS_URL)
     setup_django(env)
@@ -151,7 +153,7 @@ def main() -> int:
     p50 = {}
     for name, values in series.items():
         p50[name] = statistics.median(values)
-        print(f"{name:10s} {p50[name]:8.1f} {percentile(values, 95) or 0:8.1f}")
+        print(f"{name:10s} {p50[name]:8.1f} {percentile(values, 0.95) or 0:8.1f}")
     print(f"filtered - none at p50: {p50['filtered'] - p50['none']:+.1f} ms "
           f"(ratio {p50['filtered'] / p50['none']:.2f})")
 
