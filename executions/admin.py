@@ -8,7 +8,8 @@ from django.contrib import admin
 from django.db import close_old_connections
 from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
 from django.urls import URLPattern, path, reverse
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
+from django.utils.safestring import SafeString
 
 from executions import events
 from executions.models import FINISHED, Execution, WebhookAttempt
@@ -48,6 +49,7 @@ class ExecutionAdmin(admin.ModelAdmin):
         "request", "limits", "streamed", "stdout", "stderr", "stdout_truncated", "stderr_truncated",
         "stdout_bytes", "stderr_bytes", "timed_out", "files", "created_at", "started_at",
         "finished_at", "duration_ms", "worker_host", "container_id", "batch_id", "callback_url",
+        "network_log_table",
     )
     inlines = [WebhookAttemptInline]
     fieldsets = (
@@ -55,6 +57,7 @@ class ExecutionAdmin(admin.ModelAdmin):
         ("Request", {"fields": ("program", "request", "limits", "streamed", "batch_id", "callback_url")}),
         ("Output", {"fields": ("stdout", "stderr", "stdout_truncated", "stderr_truncated",
                                "stdout_bytes", "stderr_bytes", "timed_out", "files")}),
+        ("Network (filtered)", {"fields": ("network_log_table",)}),
         ("Timing and placement", {"fields": ("created_at", "started_at", "finished_at", "duration_ms",
                                              "worker_host", "container_id")}),
     )
@@ -94,6 +97,37 @@ class ExecutionAdmin(admin.ModelAdmin):
     def program(self, obj: Execution) -> str:
         # In a <pre>: indentation is meaning in Python code.
         return format_html('<pre class="isol8-console">{}</pre>', obj.code or obj.cmd)
+
+    @admin.display(description="egress log")
+    def network_log_table(self, obj: Execution) -> SafeString | str:
+        """The egress proxy's log of a filtered run: its totals, then one row per connection attempt."""
+        log = obj.network_log
+        if not isinstance(log, dict):
+            return "-"
+        totals = log.get("totals") or {}
+        summary = format_html(
+            "<p>{} connections: {} allowed, {} blocked; {} bytes up, {} bytes down{}</p>",
+            totals.get("connections", 0), totals.get("allowed", 0), totals.get("blocked", 0),
+            totals.get("bytesUp", 0), totals.get("bytesDown", 0),
+            format_html(" ({} more not kept)", totals["dropped"]) if totals.get("dropped") else "",
+        )
+        entries = [e for e in log.get("entries") or [] if isinstance(e, dict)]
+        if not entries:
+            return summary
+        # format_html escapes every value: hosts and paths are the sandboxed program's text.
+        rows = format_html_join("", "<tr><td>{}</td><td>{}</td><td>{}:{}{}</td><td>{}</td><td>{}</td>"
+                                "<td>{} / {}</td><td>{}</td></tr>", (
+            (e.get("timestamp", ""), e.get("method", ""), e.get("host", ""), e.get("port", ""),
+             e.get("path") or "", e.get("action", ""), e.get("reason") or "-",
+             e.get("bytesUp", 0), e.get("bytesDown", 0), e.get("durationMs", 0))
+            for e in entries
+        ))
+        return format_html(
+            '{}<table class="isol8-network-log"><thead><tr><th>time</th><th>method</th><th>host:port</th>'
+            "<th>action</th><th>reason</th><th>bytes up / down</th><th>ms</th></tr></thead>"
+            "<tbody>{}</tbody></table>",
+            summary, rows,
+        )
 
     @admin.display(description="session")
     def session_link(self, obj: Execution) -> str:

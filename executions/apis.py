@@ -30,15 +30,15 @@ from rest_framework.views import APIView
 
 from executions import events, idempotency, selectors, services, webhooks
 from executions.models import FINISHED, Execution, Status
-from executions.policy import check_installs_allowed, resolve_limits, validate_packages
+from executions.policy import check_installs_allowed, resolve_egress, resolve_limits, validate_packages
 from executions.results import history_record
 from executions.serializers import (
     BatchAnswerSerializer,
     BatchSerializer,
     ExecuteSerializer,
+    ExecutionDetailSerializer,
     ExecutionResultSerializer,
     HistoryPageSerializer,
-    HistoryRecordSerializer,
     execute_body,
 )
 from isol8_site import metrics, wire
@@ -48,7 +48,7 @@ from isol8_site.negotiation import EventStreamNegotiation
 from isol8_site.openapi import AUTH, BODY, SSE_EXTENSION, errors
 from sandbox.spec import ExecutionSpec
 from sessions_app.models import Session
-from sessions_app.services import sessions_stop_idle
+from sessions_app.services import NetworkAsk, sessions_stop_idle
 from tenants.authentication import (
     IsMaster,
     Principal,
@@ -96,6 +96,8 @@ def start_execution(
     limits = resolve_limits(tenant=principal.tenant, request=data["request"], options=options)
     spec = ExecutionSpec.from_request(data["request"], options)
     spec.interactive = interactive
+    spec.egress = resolve_egress(tenant=principal.tenant, options=options, network=limits.network)
+    spec.log_network = bool(options.get("logNetwork", False))
     # Package names are checked before anything runs (400), then the policy (403).
     spec.install_packages = validate_packages(runtime=spec.runtime, packages=spec.install_packages)
     check_installs_allowed(tenant=principal.tenant, packages=spec.install_packages)
@@ -110,6 +112,8 @@ def start_execution(
         session_id=data.get("sessionId"),
         callback_url=callback,
         batch_id=batch_id,
+        # A session keeps its network: what the request named of it is checked against the session.
+        network_ask=NetworkAsk(network=options.get("network"), network_filter=options.get("networkFilter")),
     )
 
 
@@ -327,14 +331,14 @@ class ExecutionDetailApi(APIView):
     @extend_schema(
         operation_id="execution_get",
         summary="One execution of this tenant",
-        responses={200: HistoryRecordSerializer, **errors(*AUTH, 404)},
+        responses={200: ExecutionDetailSerializer, **errors(*AUTH, 404)},
     )
     def get(self, request: Request, execution_id: str) -> Response:
         principal = principal_of(request)
         execution = selectors.execution_get(tenant=principal.tenant, execution_id=execution_id)
         if execution is None:
             raise not_found("Execution not found")
-        return Response(history_record(execution))
+        return Response(history_record(execution, detail=True))
 
 
 class ExecutionEventsApi(APIView):

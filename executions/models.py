@@ -56,6 +56,9 @@ class Execution(models.Model):
     files = models.JSONField(null=True, blank=True)
     # Where installPackages came from: "install" (first time), "cache", "prebuilt:<tag>".
     package_source = models.CharField(max_length=200, blank=True)
+    # network "filtered": the egress proxy's log of the run, {"entries": [...], "totals": {...}}
+    # (sandbox/spec.py RunResult.network_log); null for other runs.
+    network_log = models.JSONField(null=True, blank=True)
 
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     started_at = models.DateTimeField(null=True, blank=True)

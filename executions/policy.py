@@ -1,4 +1,4 @@
-"""What a tenant may ask of a run: its limits within the tenant's caps, its runtime, its packages.
+"""What a tenant may ask of a run: its limits within the tenant's caps, its runtime, its network, its packages.
 
 A request over a cap is refused (403 policy_denied), never silently lowered.
 """
@@ -10,6 +10,7 @@ from typing import Any
 from django.conf import settings
 
 from isol8_site.errors import PolicyDenied, validation_error
+from sandbox.netfilter import EgressPolicy, PatternError, check_patterns, host_verdict, literal_host
 from sandbox.runtimes import RUNTIMES
 from sandbox.spec import Limits
 from tenants.models import Tenant
@@ -45,8 +46,8 @@ def resolve_limits(*, tenant: Tenant, request: dict[str, Any], options: dict[str
         )
     if network not in tenant.allowed_networks:
         raise PolicyDenied(f"network {network!r} is not allowed for this tenant")
-    if network != "none":
-        raise PolicyDenied(f"network {network!r} is not available on this server yet")
+    if network == "host":
+        raise PolicyDenied(f"network {network!r} is not available on this server")
     # Scratch space lives in memory (tmpfs pages count against the limit), so
     # its defaults shrink with a memory limit the request lowered.
     sandbox_default, tmp_default = d.sandbox_size, d.tmp_size
@@ -70,6 +71,46 @@ def resolve_limits(*, tenant: Tenant, request: dict[str, Any], options: dict[str
         tmp_size=int(tmp_size),
         network=network,
     )
+
+
+def resolve_egress(*, tenant: Tenant, options: dict[str, Any], network: str) -> dict[str, Any]:
+    """The EgressPolicy of a run on ``network`` as JSON (ExecutionSpec.egress); {} unless it is "filtered".
+
+    The request's networkFilter, the tenant's egress_hosts and caps, the
+    server's ports. A whitelist entry naming one host outright (``pypi.org``,
+    ``^pypi\\.org$``) that the tenant's egress_hosts do not cover is refused
+    now (403) rather than at every connection; other patterns are narrowed
+    by the gateway, host by host, when the run connects.
+    """
+    if network != "filtered":
+        return {}
+    network_filter = options.get("networkFilter", {})
+    tenant_hosts = tuple(tenant.egress_hosts or ())
+    try:
+        check_patterns(tenant_hosts, name="egress_hosts")
+    except PatternError:
+        # Edited past the model's clean() (a script, the shell): never a 500 per run.
+        raise PolicyDenied("This tenant's egress_hosts are not valid patterns; ask the operator to fix them") from None
+    policy = EgressPolicy(
+        whitelist=tuple(network_filter.get("whitelist", ())),
+        blacklist=tuple(network_filter.get("blacklist", ())),
+        tenant_hosts=tenant_hosts,
+        ports=tuple(settings.ISOL8_EGRESS_PORTS),
+        max_connections=tenant.max_egress_connections,
+        max_bytes=tenant.max_egress_bytes,
+        bytes_per_second=tenant.egress_bytes_per_second,
+        tenant_connections=tenant.max_egress_open,
+    )
+    if tenant_hosts:
+        tenant_only = EgressPolicy(tenant_hosts=tenant_hosts)
+        for pattern in policy.whitelist:
+            host = literal_host(pattern)
+            if host is not None and not host_verdict(tenant_only, host).allowed:
+                raise PolicyDenied(
+                    f"options.networkFilter.whitelist: host {host!r} is outside this tenant's egress policy"
+                )
+    # As the row will give it back (lists, not tuples): the spec is the same before and after storing.
+    return {name: list(value) if isinstance(value, tuple) else value for name, value in policy.to_json().items()}
 
 
 def validate_packages(*, runtime: str, packages: list[str]) -> list[str]:

@@ -12,8 +12,12 @@ from executions.models import FINISHED, Execution, Status
 from sandbox.spec import truncation_marker
 
 
-def result_payload(execution: Execution) -> dict[str, Any]:
-    """The isol8 ExecutionResult (plus ``status`` and ``timedOut``) of a finished row."""
+def result_payload(execution: Execution, *, network_logs: bool = True) -> dict[str, Any]:
+    """The isol8 ExecutionResult (plus ``status`` and ``timedOut``) of a finished row.
+
+    ``network_logs``: with ``networkLogs`` when the run asked for them (False:
+    the history's pages, which leave the network_log column unread).
+    """
     limits = execution.limits or {}
     max_output = int(limits.get("max_output", 0))
     stdout = execution.stdout
@@ -41,7 +45,19 @@ def result_payload(execution: Execution) -> dict[str, Any]:
         payload["files"] = execution.files or {}
     if execution.status == Status.ERROR and execution.error:
         payload["error"] = execution.error
+    if network_logs and execution.request.get("logNetwork"):
+        entries = network_log_entries(execution)
+        if entries:  # isol8 leaves networkLogs out when there is nothing in it
+            payload["networkLogs"] = entries
     return payload
+
+
+def network_log_entries(execution: Execution) -> list[dict[str, Any]]:
+    """A filtered run's logged connection attempts, as isol8's networkLogs (an absent path is left out)."""
+    log = execution.network_log if execution.request.get("egress") else None
+    if not isinstance(log, dict):
+        return []
+    return [{k: v for k, v in entry.items() if v is not None} for entry in log.get("entries", [])]
 
 
 def result_json(execution: Execution) -> bytes:
@@ -49,9 +65,15 @@ def result_json(execution: Execution) -> bytes:
     return json.dumps(result_payload(execution), separators=(",", ":")).encode()
 
 
-def history_record(execution: Execution) -> dict[str, Any]:
-    """An execution as GET /executions shows it: the result plus request facts."""
-    record: dict[str, Any] = result_payload(execution) if execution.status in FINISHED else {
+def history_record(execution: Execution, *, detail: bool = False) -> dict[str, Any]:
+    """An execution as GET /executions shows it: the result plus request facts.
+
+    ``detail`` (GET /executions/{id}): with the egress proxy's whole log as
+    ``networkLog`` (null unless the run was filtered) and ``networkLogs``
+    when it asked for them. The pages of GET /executions have neither: a
+    log holds up to hundreds of entries per run.
+    """
+    record: dict[str, Any] = result_payload(execution, network_logs=detail) if execution.status in FINISHED else {
         "executionId": str(execution.pk),
         "runtime": execution.runtime,
         "status": execution.status,
@@ -67,6 +89,8 @@ def history_record(execution: Execution) -> dict[str, Any]:
             "finishedAt": _iso(execution.finished_at),
         }
     )
+    if detail:
+        record["networkLog"] = execution.network_log
     return record
 
 

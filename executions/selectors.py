@@ -38,8 +38,11 @@ def execution_list(
     batch_id: uuid.UUID | None = None,
     limit: int = 50,
 ) -> QuerySet[Execution]:
-    """``tenant``'s executions, newest first; ``before`` is the last id of the previous page."""
-    rows = Execution.objects.filter(tenant=tenant).select_related("session")
+    """``tenant``'s executions, newest first; ``before`` is the last id of the previous page.
+
+    Without their network logs (up to hundreds of entries each): GET /executions/{id} has them.
+    """
+    rows = Execution.objects.filter(tenant=tenant).select_related("session").defer("network_log")
     if status:
         rows = rows.filter(status=status)
     if runtime:

@@ -18,6 +18,7 @@ from executions.models import Status
 from isol8_site.config import ConfigError, parse_size
 from isol8_site.errors import PolicyDenied, ValidationFailed, validation_error
 from isol8_site.serializers import Boolean, Integer, Number, StrictSerializer, Text, check_sandbox_path
+from sandbox.netfilter import PatternError, check_patterns
 from sandbox.spec import NETWORK_MODES
 from sessions_app.serializers import SessionIdField
 
@@ -111,6 +112,27 @@ class RequestSerializer(StrictSerializer):
         return attrs
 
 
+@extend_schema_serializer(component_name="NetworkFilter")
+class NetworkFilterSerializer(StrictSerializer):
+    """isol8's NetworkFilterConfig: host regexes for network "filtered" (searched, case-insensitive)."""
+
+    whitelist = serializers.ListField(
+        child=Text(), required=False,
+        help_text="Hosts a run may reach (empty: any host the blacklist and the tenant's policy let through).",
+    )
+    blacklist = serializers.ListField(child=Text(), required=False, help_text="Hosts refused; wins over the whitelist.")
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        # Valid regular expressions, at most netfilter.MAX_PATTERNS of bounded length each,
+        # whatever the network: a client's mistake is named, never carried along.
+        for name in ("whitelist", "blacklist"):
+            try:
+                attrs[name] = check_patterns(attrs.get(name, []), name=f"options.networkFilter.{name}")
+            except PatternError as exc:
+                raise validation_error(str(exc)) from None
+        return attrs
+
+
 @extend_schema_serializer(component_name="Isol8Options")
 class OptionsSerializer(StrictSerializer):
     """The subset of isol8's Isol8Options a client may set."""
@@ -118,7 +140,7 @@ class OptionsSerializer(StrictSerializer):
     # Options isol8 clients send on every request, accepted and checked below
     # or ignored because the server decides them.
     known_extra = (
-        "mode", "persist", "debug", "logNetwork", "networkFilter", "remoteCode", "poolStrategy",
+        "mode", "persist", "debug", "remoteCode", "poolStrategy",
         "poolSize", "readonlyRootFs", "security", "image", "audit",
     )
 
@@ -133,6 +155,10 @@ class OptionsSerializer(StrictSerializer):
         child=Text(allow_blank=True, trim_whitespace=False), required=False
     )
     network = serializers.ChoiceField(choices=NETWORK_MODES, required=False)
+    # Used by network "filtered" only; with another network it is checked and ignored
+    # (isol8 clients send empty lists on every request).
+    networkFilter = NetworkFilterSerializer(required=False)
+    logNetwork = Boolean(required=False, help_text='network "filtered": the result carries networkLogs.')
 
     def validate_secrets(self, value: dict[str, str]) -> dict[str, str]:
         # Bounded so that masking every output chunk stays cheap (executions/runner.py Masker).
@@ -239,6 +265,40 @@ class BatchAnswerSerializer(serializers.Serializer):
 # the live answers against that description.
 
 
+class NetworkLogEntrySerializer(serializers.Serializer):
+    """One connection attempt of a filtered run, as the egress proxy logged it (isol8's NetworkLogEntry, plus)."""
+
+    timestamp = serializers.DateTimeField()
+    method = serializers.CharField(help_text='"CONNECT" for HTTPS (and any tunnel), else the HTTP method.')
+    host = serializers.CharField()
+    port = serializers.IntegerField()
+    path = serializers.CharField(required=False, allow_null=True, help_text="Plain HTTP only.")
+    action = serializers.ChoiceField(choices=["ALLOW", "BLOCK"])
+    reason = serializers.CharField(
+        allow_blank=True,
+        help_text='Why it was blocked ("" when allowed): blacklisted, not_whitelisted, tenant_policy, ip_literal, '
+        "port_not_allowed, private_address, connection_limit, tenant_connection_limit, byte_limit, "
+        "pattern_timeout, bad_request, connect_failed.",
+    )
+    bytesUp = serializers.IntegerField()
+    bytesDown = serializers.IntegerField()
+    durationMs = serializers.IntegerField()
+
+
+class NetworkTotalsSerializer(serializers.Serializer):
+    connections = serializers.IntegerField(help_text="Every attempt, the dropped ones included.")
+    allowed = serializers.IntegerField()
+    blocked = serializers.IntegerField()
+    bytesUp = serializers.IntegerField()
+    bytesDown = serializers.IntegerField()
+    dropped = serializers.IntegerField(help_text="Attempts counted but not kept in entries (past the log's cap).")
+
+
+class NetworkLogSerializer(serializers.Serializer):
+    entries = NetworkLogEntrySerializer(many=True)
+    totals = NetworkTotalsSerializer()
+
+
 class ExecutionResultSerializer(serializers.Serializer):
     """isol8's ExecutionResult, plus ``status`` and ``timedOut``."""
 
@@ -256,6 +316,10 @@ class ExecutionResultSerializer(serializers.Serializer):
         child=serializers.CharField(), required=False, help_text="outputPaths' contents, base64; only when asked."
     )
     error = serializers.CharField(required=False, help_text="Why the service could not run it (status error).")
+    networkLogs = NetworkLogEntrySerializer(
+        many=True, required=False,
+        help_text='network "filtered" with logNetwork: its connection attempts (omitted when there were none).',
+    )
 
 
 class HistoryRecordSerializer(ExecutionResultSerializer):
@@ -273,6 +337,14 @@ class HistoryRecordSerializer(ExecutionResultSerializer):
         # A queued or running execution has no result yet.
         for name in ("stdout", "stderr", "exitCode", "durationMs", "truncated", "timestamp", "timedOut"):
             self.fields[name].required = False
+
+
+class ExecutionDetailSerializer(HistoryRecordSerializer):
+    """GET /executions/{id}: the history record plus the egress proxy's whole log."""
+
+    networkLog = NetworkLogSerializer(
+        allow_null=True, help_text='network "filtered": every connection attempt and the totals; null otherwise.'
+    )
 
 
 class HistoryPageSerializer(serializers.Serializer):

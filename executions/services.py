@@ -9,6 +9,7 @@ through Redis as isol8_site/wire.py defines them; a refusal is a domain error
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import logging
@@ -30,6 +31,7 @@ from isol8_site.errors import DomainError, InstallFailed, SetupFailed, Unavailab
 from isol8_site.redis import get_redis, retrying
 from sandbox.spec import ExecutionSpec, Limits, RunResult
 from sessions_app import services as sessions
+from sessions_app.models import Session
 from tenants import quotas
 from tenants.models import Tenant
 
@@ -51,6 +53,7 @@ def execution_start(
     session_id: str | None = None,
     callback_url: str = "",
     batch_id: uuid.UUID | None = None,
+    network_ask: sessions.NetworkAsk | None = None,
 ) -> Execution:
     """Take the tenant's quota, claim the session, record the execution and enqueue it.
 
@@ -58,7 +61,9 @@ def execution_start(
     session runs something. The quota (Redis, which may wait for a global
     slot) is taken outside any database transaction; the session claim and
     the new row commit together, so a failure leaves neither behind. Secret
-    values go to Redis, never to the database.
+    values go to Redis, never to the database. A session's run gets the
+    session's network and egress policy (``network_ask``: what the request
+    named of them, 400 when it differs).
     """
     execution_id = uuid.uuid4()
     quotas.acquire(
@@ -70,7 +75,7 @@ def execution_start(
         try:
             execution = _record_and_enqueue(
                 tenant=tenant, spec=spec, limits=limits, streamed=streamed, session_id=session_id,
-                callback_url=callback_url, batch_id=batch_id, execution_id=execution_id,
+                callback_url=callback_url, batch_id=batch_id, execution_id=execution_id, network_ask=network_ask,
             )
         except sessions.HostUnreachableError as exc:
             raise sessions.session_host_unreachable(exc) from None
@@ -91,6 +96,7 @@ def _record_and_enqueue(
     callback_url: str,
     batch_id: uuid.UUID | None,
     execution_id: uuid.UUID,
+    network_ask: sessions.NetworkAsk | None = None,
 ) -> Execution:
     """The session claim, the row and the enqueue, in one transaction (sent once it commits)."""
     with transaction.atomic():
@@ -98,8 +104,9 @@ def _record_and_enqueue(
         if session_id:
             session = sessions.session_claim_for_execution(
                 tenant=tenant, session_id=session_id, runtime=spec.runtime, limits=limits,
-                execution_id=execution_id,
+                execution_id=execution_id, egress=spec.egress, asked=network_ask,
             )
+            spec, limits = _in_session(session, spec, limits)
         execution = Execution.objects.create(
             id=execution_id,
             tenant=tenant,
@@ -122,6 +129,20 @@ def _record_and_enqueue(
         queue = dispatch.host_queue(session.worker_host) if session is not None and session.worker_host else None
         _enqueue(execution, queue)
     return execution
+
+
+def _in_session(session: Session, spec: ExecutionSpec, limits: Limits) -> tuple[ExecutionSpec, Limits]:
+    """A session run's spec and limits with the session's network and egress policy.
+
+    The session's container was made on that network, and the worker reads a
+    run's egress policy from its spec: a run that named neither takes them
+    from the session (one that named others was refused by the claim).
+    """
+    network = sessions.session_network(session)
+    egress = dict(session.egress or {}) if network == "filtered" else {}
+    if network == limits.network and egress == spec.egress:
+        return spec, limits
+    return dataclasses.replace(spec, egress=egress), dataclasses.replace(limits, network=network)
 
 
 def _enqueue(execution: Execution, queue: str | None) -> None:
@@ -482,6 +503,7 @@ def execution_finish(*, execution: Execution, result: RunResult, live: events.Li
         "duration_ms": result.duration_ms,
         "container_id": result.container_id,
         "package_source": result.package_source,
+        "network_log": result.network_log,
     }
     with transaction.atomic():
         updated = Execution.objects.filter(pk=execution.pk, status=Status.RUNNING).update(**fields)
@@ -504,6 +526,9 @@ def execution_finish(*, execution: Execution, result: RunResult, live: events.Li
         )
         if answer is not None:
             wire.push(wire.result_key(execution.pk), answer, ttl=wire.RESULT_TTL, pipe=pipe)
+        if updated and result.network_log:
+            quotas.count_egress(tenant_slug=execution.tenant.slug, totals=result.network_log.get("totals", {}),
+                                pipe=pipe)
         pipe.execute()
 
     try:

@@ -50,6 +50,18 @@ def env_quota(name: str, default: int | None) -> int | None:
     return value
 
 
+def env_ports(name: str, default: str) -> tuple[int, ...]:
+    """A comma-separated list of TCP ports (1-65535), at least one."""
+    raw = env(name, default)
+    try:
+        ports = tuple(int(p) for p in raw.split(",") if p.strip())
+    except ValueError:
+        raise ValueError(f"{name}: expected comma-separated port numbers, got {raw!r}") from None
+    if not ports or not all(0 < p < 65536 for p in ports):
+        raise ValueError(f"{name}: expected comma-separated port numbers (1-65535), got {raw!r}")
+    return ports
+
+
 def env_bool(name: str, default: bool) -> bool:
     return env(name, "1" if default else "0").lower() in ("1", "true", "yes", "on")
 
@@ -409,6 +421,25 @@ ISOL8_EGRESS_ALLOW = [
     ).split(",") if h
 ]
 ISOL8_PACKAGE_CACHE = Path(env("ISOL8_PACKAGE_CACHE", str(DATA_DIR / "packages")))
+# network "filtered": each filtered sandbox's egress socket lives in a directory
+# under this one, bind-mounted into the sandbox (the same path for the worker
+# and the Docker engine; short: a Unix socket path has at most 107 bytes).
+ISOL8_EGRESS_DIR = Path(env("ISOL8_EGRESS_DIR", str(DATA_DIR / "egress")))
+# network "filtered": the ports a filtered run may connect to (80 and 443 by
+# default: web traffic, not mail relays or databases), and the caps new tenants
+# get (each tenant's own are edited in the admin). Per run: connections let
+# through, bytes up + down, and bytes per second over all its connections (0 =
+# unlimited: the byte cap already bounds what a run can move); per tenant:
+# connections open at once on one host's gateway, so one tenant's runs cannot
+# hold every socket of it.
+ISOL8_EGRESS_PORTS = env_ports("ISOL8_EGRESS_PORTS", "80,443")
+ISOL8_EGRESS_RUN_CONNECTIONS = env_int("ISOL8_EGRESS_RUN_CONNECTIONS", 64)
+ISOL8_EGRESS_RUN_BYTES = env_int("ISOL8_EGRESS_RUN_BYTES", 256 * 1024 * 1024)
+ISOL8_EGRESS_RUN_BPS = env_int("ISOL8_EGRESS_RUN_BPS", 0)
+ISOL8_EGRESS_TENANT_CONNECTIONS = env_int("ISOL8_EGRESS_TENANT_CONNECTIONS", 32)
+# CIDRs the egress gateway may connect to although they are private (say, an
+# internal package mirror); this host's own addresses stay unreachable.
+ISOL8_EGRESS_PERMIT_NETWORKS = [n.strip() for n in env("ISOL8_EGRESS_PERMIT_NETWORKS", "").split(",") if n.strip()]
 ISOL8_INSTALL_TIMEOUT_MS = env_int("ISOL8_INSTALL_TIMEOUT_MS", 300_000)
 ISOL8_MAX_PACKAGES = env_int("ISOL8_MAX_PACKAGES", 50)
 # Requests waiting for a global slot (maxConcurrent) beyond this many get 503 at once.
@@ -500,6 +531,8 @@ SANDBOX = SandboxConfig(
     package_cache=ISOL8_PACKAGE_CACHE,
     install_timeout_ms=ISOL8_INSTALL_TIMEOUT_MS,
     egress_allow=tuple(ISOL8_EGRESS_ALLOW),
+    egress_dir=ISOL8_EGRESS_DIR,
+    egress_permit_networks=tuple(ISOL8_EGRESS_PERMIT_NETWORKS),
     prebuilt_images=ISOL8_CONFIG.prebuilt_images,
 )
 

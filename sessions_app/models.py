@@ -43,6 +43,10 @@ class Session(models.Model):
     # The worker host owning the container; its executions go to that host's queue.
     worker_host = models.CharField(max_length=255, blank=True)
     limits = models.JSONField(default=dict)
+    # network "filtered": the EgressPolicy (sandbox/netfilter.py) as JSON, fixed when
+    # the session is created like its network (in ``limits``); every run of the
+    # session carries it in its spec. {} for other networks.
+    egress = models.JSONField(default=dict, blank=True)
     # The execution running now, if any (a second one gets 409 session_busy).
     busy_execution = models.UUIDField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)

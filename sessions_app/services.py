@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -43,18 +44,48 @@ def session_busy() -> SessionBusy:
     return SessionBusy("This session is running another execution; try again when it ends")
 
 
+@dataclass(frozen=True)
+class NetworkAsk:
+    """What a run's request named of its network, held against the session it runs in.
+
+    A session keeps the network and egress filter it was created with, as it
+    keeps its runtime: a request naming another is 400. What a request does
+    not name (``None``), its run takes from the session.
+    """
+
+    network: str | None = None  # options.network
+    network_filter: dict[str, list[str]] | None = None  # options.networkFilter: {"whitelist", "blacklist"}
+
+
 def session_claim_for_execution(
-    *, tenant: Tenant, session_id: str, runtime: str, limits: Limits, execution_id: uuid.UUID
+    *,
+    tenant: Tenant,
+    session_id: str,
+    runtime: str,
+    limits: Limits,
+    execution_id: uuid.UUID,
+    egress: dict[str, Any] | None = None,
+    asked: NetworkAsk | None = None,
 ) -> Session:
-    """The caller's session (created on first use), marked busy with ``execution_id``."""
+    """The caller's session (created on first use), marked busy with ``execution_id``.
+
+    A new session is made with ``limits`` (its network among them) and the
+    run's ``egress`` policy; the Session returned carries the network and
+    policy every run of it gets (``limits``, ``egress``). Raised inside the
+    caller's transaction, a refusal rolls the claim back with it.
+    """
+    asked = asked or NetworkAsk()
     claimed = _claim_idle(tenant=tenant, session_id=session_id, runtime=runtime, owner=execution_id)
     if claimed is not None:
+        check_network(claimed, asked=asked)
         check_host(claimed)
         return claimed
     # Not idle and ready: find out why (new, dead, other runtime, busy) the slow way.
     session = session_get(tenant=tenant, session_id=session_id)
     if session is None:
-        session = _session_create(tenant=tenant, session_id=session_id, runtime=runtime, limits=limits)
+        session = _session_create(
+            tenant=tenant, session_id=session_id, runtime=runtime, limits=limits, egress=egress or {}
+        )
     if session.state == SessionState.DEAD:
         raise SessionDead(
             f"Session {session_id!r} is no longer usable ({session.state_reason or 'its sandbox is gone'}); "
@@ -66,9 +97,35 @@ def session_claim_for_execution(
             "Each persistent session supports a single runtime.",
             code="validation_error",
         )
+    check_network(session, asked=asked)
     _claim(session, execution_id)
     check_host(session)
     return session
+
+
+def session_network(session: Session) -> str:
+    """The network every run of the session gets (sessions made before it was stored have "none")."""
+    return str((session.limits or {}).get("network", "none"))
+
+
+def check_network(session: Session, *, asked: NetworkAsk) -> None:
+    """A request naming another network or (for a filtered session) another networkFilter is 400."""
+    network = session_network(session)
+    if asked.network is not None and asked.network != network:
+        raise validation_error(
+            f'Cannot switch network from "{network}" to "{asked.network}". '
+            "Each persistent session keeps the network it was created with."
+        )
+    if network != "filtered" or asked.network_filter is None:
+        return
+    egress = session.egress or {}
+    for name in ("whitelist", "blacklist"):
+        # The same patterns in another order or repeated filter the same way.
+        if sorted(set(asked.network_filter.get(name, []))) != sorted(set(egress.get(name, []))):
+            raise validation_error(
+                f"Cannot change options.networkFilter.{name} of this session. "
+                "Each persistent session keeps the network it was created with."
+            )
 
 
 class HostUnreachableError(Exception):
@@ -156,8 +213,8 @@ def _claim_idle(*, tenant: Tenant, session_id: str, runtime: str, owner: uuid.UU
     UPDATE ... RETURNING (SQLite 3.35+, PostgreSQL) instead of a read and a
     conditional update: one round trip and no ORM query building on every
     session run. The Session returned carries only what the caller needs
-    (pk for the execution's foreign key, worker host for routing); it is
-    never saved.
+    (pk for the execution's foreign key, worker host for routing, limits and
+    egress for the run's network); it is never saved.
     """
     fields = Session._meta
     busy = fields.get_field("busy_execution").get_db_prep_value(owner, connection)
@@ -167,16 +224,19 @@ def _claim_idle(*, tenant: Tenant, session_id: str, runtime: str, owner: uuid.UU
             # Only the table name is formatted in; every value is a query parameter.
             f"UPDATE {fields.db_table} SET busy_execution = %s, last_used_at = %s "
             "WHERE tenant_id = %s AND session_id = %s AND runtime = %s AND busy_execution IS NULL "
-            "AND state IN (%s, %s) RETURNING id, worker_host, container_id, state",
+            "AND state IN (%s, %s) RETURNING id, worker_host, container_id, state, limits, egress",
             [busy, now, tenant.pk, session_id, runtime, *LIVE_STATES],
         )
         row = cursor.fetchone()
     if row is None:
         return None
-    pk, worker_host, container_id, state = row
+    pk, worker_host, container_id, state, limits, egress = row
+    json_field: Any = fields.get_field("limits")  # the JSON columns as the ORM would read them
     return Session(
         pk=pk, tenant=tenant, session_id=session_id, runtime=runtime, worker_host=worker_host,
         container_id=container_id, state=state, busy_execution=owner,
+        limits=json_field.from_db_value(limits, None, connection),
+        egress=json_field.from_db_value(egress, None, connection),
     )
 
 
@@ -192,7 +252,9 @@ def _claim(session: Session, owner: uuid.UUID) -> None:
     session.busy_execution = owner
 
 
-def _session_create(*, tenant: Tenant, session_id: str, runtime: str, limits: Limits) -> Session:
+def _session_create(
+    *, tenant: Tenant, session_id: str, runtime: str, limits: Limits, egress: dict[str, Any]
+) -> Session:
     """A new live session of ``tenant`` if its caps allow one more (called inside a transaction).
 
     The tenant's row is written first (a no-op update): on PostgreSQL that
@@ -211,7 +273,8 @@ def _session_create(*, tenant: Tenant, session_id: str, runtime: str, limits: Li
     try:
         with transaction.atomic():
             return Session.objects.create(
-                tenant=tenant, session_id=session_id, runtime=runtime, limits=limits.to_json(), worker_host=host
+                tenant=tenant, session_id=session_id, runtime=runtime, limits=limits.to_json(), egress=egress,
+                worker_host=host,
             )
     except IntegrityError:
         # Another request created it a moment ago: use that one.

@@ -13,7 +13,7 @@ from django.utils.safestring import SafeString, mark_safe
 
 from isol8_site import charts
 from tenants.models import ApiKey, Tenant
-from tenants.quotas import Usage, tenant_usage
+from tenants.quotas import Usage, egress_usage, tenant_usage
 from tenants.services import apikey_create, apikey_revoke, tenant_rotate_webhook_secret
 
 
@@ -37,7 +37,7 @@ class TenantAdmin(admin.ModelAdmin):
     )
     list_filter = ("is_active",)
     search_fields = ("slug", "name")
-    readonly_fields = ("created_at", "usage", "quota_meters", "webhook_secret_set")
+    readonly_fields = ("created_at", "usage", "quota_meters", "webhook_secret_set", "egress_totals")
     inlines = [ApiKeyInline]
     actions = ["rotate_webhook_secret"]
     fieldsets = (
@@ -51,6 +51,15 @@ class TenantAdmin(admin.ModelAdmin):
                     "max_session_cpus", "monthly_seconds",
                     "max_timeout_ms", "max_memory", "max_cpu", "max_pids", "max_output_size",
                     "allowed_runtimes", "allowed_networks", "allow_installs",
+                )
+            },
+        ),
+        (
+            'Network "filtered" (allow it in allowed_networks)',
+            {
+                "fields": (
+                    "egress_hosts", "max_egress_connections", "max_egress_bytes", "egress_bytes_per_second",
+                    "max_egress_open", "egress_totals",
                 )
             },
         ),
@@ -106,6 +115,31 @@ class TenantAdmin(admin.ModelAdmin):
             '<div class="isol8-meters" style="display:grid;gap:8px;max-width:460px;width:100%">{}</div>',
             format_html_join("", "{}", ((mark_safe(svg),) for svg in meters)),
         )
+
+
+    @admin.display(description="Egress this month")
+    def egress_totals(self, obj: Tenant) -> str:
+        """What the tenant's finished filtered runs did through the egress proxy this calendar month."""
+        if obj.pk is None:
+            return "-"
+        try:
+            totals = egress_usage(tenant=obj)
+        except Exception as exc:  # noqa: BLE001 - the page must render when Redis is down
+            return f"unavailable ({exc.__class__.__name__})"
+        return (
+            f"{totals['connections']} connections ({totals['allowed']} allowed, {totals['blocked']} blocked), "
+            f"{_bytes(totals['bytesUp'])} up, {_bytes(totals['bytesDown'])} down"
+        )
+
+
+def _bytes(value: int) -> str:
+    """A byte count for a person: 512 B, 1.5 KiB, 256.0 MiB."""
+    size, unit = float(value), "B"
+    for unit in ("B", "KiB", "MiB", "GiB"):  # the unit the loop stops at is the answer
+        if size < 1024 or unit == "GiB":
+            break
+        size /= 1024
+    return f"{value} B" if unit == "B" else f"{size:.1f} {unit}"
 
 
 def _usage(obj: Tenant) -> Usage | str:

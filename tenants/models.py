@@ -5,9 +5,11 @@ from __future__ import annotations
 import uuid
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.core.validators import MinValueValidator, RegexValidator
 from django.db import models
 
+from sandbox.netfilter import PatternError, check_patterns
 from sandbox.runtimes import RUNTIME_NAMES
 
 
@@ -60,10 +62,27 @@ def default_max_session_cpus() -> float | None:
     return None if value is None else float(value)
 
 
+def default_max_egress_connections() -> int:
+    return int(settings.ISOL8_EGRESS_RUN_CONNECTIONS)
+
+
+def default_max_egress_bytes() -> int:
+    return int(settings.ISOL8_EGRESS_RUN_BYTES)
+
+
+def default_egress_bytes_per_second() -> int:
+    return int(settings.ISOL8_EGRESS_RUN_BPS)
+
+
+def default_max_egress_open() -> int:
+    return int(settings.ISOL8_EGRESS_TENANT_CONNECTIONS)
+
+
 # The built-in tenant of the master key behaves like isol8's single-key server:
 # no per-minute, session or monthly limit, as many runs at once as the server's
-# maxConcurrent allows, and package installs. New tenants get the settings'
-# conservative defaults instead.
+# maxConcurrent allows, package installs, and network "filtered" to any host the
+# request's whitelist names (no egress_hosts of its own). New tenants get the
+# settings' conservative defaults instead.
 DEFAULT_TENANT_FIELDS: dict[str, object] = {
     "name": "Default (master key)",
     "max_concurrent": None,
@@ -73,6 +92,7 @@ DEFAULT_TENANT_FIELDS: dict[str, object] = {
     "max_session_memory": None,
     "max_session_cpus": None,
     "allow_installs": True,
+    "allowed_networks": ["none", "filtered"],
 }
 
 
@@ -153,12 +173,46 @@ class Tenant(models.Model):
         max_length=80, blank=True, editable=False,
         help_text="Signs callbacks (HMAC-SHA256). Set with the admin action, which shows it once.",
     )
+    # network "filtered" (needs "filtered" in allowed_networks): what a filtered run may reach.
+    egress_hosts = models.JSONField(
+        default=list, blank=True,
+        help_text='Regular expressions searched in host names, as in isol8\'s networkFilter ("^pypi\\.org$", '
+        '"\\.example\\.com$"): a filtered run reaches a host only if one of them matches it too, so a '
+        "request's whitelist can only narrow them. Empty = no restriction of the tenant's own.",
+    )
+    max_egress_connections = models.PositiveIntegerField(
+        default=default_max_egress_connections, validators=[MinValueValidator(1)],
+        help_text="Connections the egress proxy lets through for one filtered run; later ones are refused.",
+    )
+    max_egress_bytes = models.PositiveBigIntegerField(
+        default=default_max_egress_bytes, validators=[MinValueValidator(1)],
+        help_text="Bytes a filtered run may send and receive, together.",
+    )
+    egress_bytes_per_second = models.PositiveBigIntegerField(
+        default=default_egress_bytes_per_second,
+        help_text="Bandwidth of a filtered run, all its connections together, in bytes per second; 0 = unlimited.",
+    )
+    max_egress_open = models.PositiveIntegerField(
+        default=default_max_egress_open, validators=[MinValueValidator(1)],
+        help_text="Connections this tenant's filtered runs may hold open at once on one worker host.",
+    )
 
     class Meta:
         ordering = ["slug"]
 
     def __str__(self) -> str:
         return self.slug
+
+    def clean(self) -> None:
+        # Checked here so that the admin names a bad pattern instead of every
+        # filtered run of the tenant failing later.
+        hosts = self.egress_hosts
+        if not isinstance(hosts, list):
+            raise ValidationError({"egress_hosts": 'A list of patterns, e.g. ["^pypi\\.org$"].'})
+        try:
+            check_patterns(hosts, name="egress_hosts")
+        except PatternError as exc:
+            raise ValidationError({"egress_hosts": str(exc)}) from None
 
 
 class ApiKey(models.Model):

@@ -7,6 +7,8 @@
   quota can never leak forever.
 * rate: a sliding one-minute window of start times.
 * monthly budget: execution seconds added up per tenant and calendar month.
+* egress (network "filtered"): the egress proxy's totals of finished runs,
+  added up per tenant and calendar month (a count for the admin, no quota).
 
 Acquiring checks everything in one Lua script, so two requests racing for the
 last slot cannot both get it.
@@ -202,6 +204,39 @@ def tenant_usage(*, tenant: Tenant) -> Usage:
         last_minute=int(r.zcount(rate, now - 60, "+inf")),
         month_seconds=float(r.get(month) or 0),
     )
+
+
+# The totals of a run's network log that a tenant's month adds up (sandbox/spec.py RunResult.network_log).
+EGRESS_TOTALS = ("connections", "allowed", "blocked", "bytesUp", "bytesDown")
+MONTH_TTL = 40 * 86400
+
+
+def _egress_key(tenant_slug: str) -> str:
+    return f"{QUOTA_PREFIX}egress:{tenant_slug}:{timezone.now().strftime('%Y%m')}"
+
+
+def count_egress(*, tenant_slug: str, totals: dict[str, Any], pipe: Any = None) -> None:
+    """Add a finished filtered run's egress totals to its tenant's month (a Redis hash).
+
+    With ``pipe`` the commands join the caller's pipeline (execution_finish's
+    one round trip). Values that are not counts are skipped, not trusted.
+    """
+    counts = {name: int(totals[name]) for name in EGRESS_TOTALS
+              if isinstance(totals.get(name), int) and not isinstance(totals[name], bool) and totals[name] > 0}
+    if not counts:
+        return
+    key = _egress_key(tenant_slug)
+    with pipeline(pipe) as p:
+        for name, value in counts.items():
+            p.hincrby(key, name, value)
+        p.expire(key, MONTH_TTL)
+
+
+def egress_usage(*, tenant: Tenant) -> dict[str, int]:
+    """The tenant's egress totals this month: connections, allowed, blocked, bytesUp, bytesDown."""
+    raw = get_redis().hgetall(_egress_key(tenant.slug))
+    values = {(k.decode() if isinstance(k, bytes) else str(k)): int(v) for k, v in raw.items()}
+    return {name: values.get(name, 0) for name in EGRESS_TOTALS}
 
 
 def hold_seconds_for(timeout_ms: int) -> float:

@@ -246,8 +246,11 @@ DENIED: list[tuple[str, dict[str, Any], dict[str, Any], str]] = [
     ("output above the cap", {"request": PY, "options": {"maxOutputSize": 16 * 1024**2}}, {}, "maxOutputSize"),
     ("host network", {"request": PY, "options": {"network": "host"}}, {}, "network"),
     ("filtered network not allowed", {"request": PY, "options": {"network": "filtered"}}, {}, "filtered"),
-    ("filtered network allowed but not served", {"request": PY, "options": {"network": "filtered"}},
-     {"allowed_networks": ["none", "filtered"]}, "not available"),
+    ("host network allowed but not served", {"request": PY, "options": {"network": "host"}},
+     {"allowed_networks": ["none", "host"]}, "not available"),
+    ("filtered to a host outside the tenant's egress hosts",
+     {"request": PY, "options": {"network": "filtered", "networkFilter": {"whitelist": ["^evil\\.example$"]}}},
+     {"allowed_networks": ["none", "filtered"], "egress_hosts": [r"^pypi\.org$"]}, "evil.example"),
     ("installs not allowed", {"request": {**PY, "installPackages": ["requests"]}}, {}, "installPackages"),
 ]
 

@@ -50,9 +50,15 @@ def test_asking_above_a_cap_is_denied_never_lowered(options, request_, words):
     assert caught.value.code == "policy_denied"
 
 
-def test_an_allowed_network_other_than_none_is_still_denied_until_the_server_offers_it():
+def test_network_filtered_is_served_to_a_tenant_that_allows_it():
+    assert limits({"network": "filtered"}, allowed_networks=["none", "filtered"]).network == "filtered"
+    with pytest.raises(PolicyDenied, match="network 'filtered' is not allowed for this tenant"):
+        limits({"network": "filtered"})
+
+
+def test_network_host_is_denied_even_where_the_tenant_allows_it():
     with pytest.raises(PolicyDenied, match="not available on this server"):
-        limits({"network": "filtered"}, allowed_networks=["none", "filtered"])
+        limits({"network": "host"}, allowed_networks=["none", "host"])
 
 
 def test_memory_below_the_minimum_is_a_validation_error():
