@@ -13,7 +13,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,6 +57,17 @@ def _sandbox_configured() -> None:
     from sandbox import config
 
     config.configure(settings.SANDBOX)
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, step: float = 0.2) -> Any:
+    """Poll ``predicate`` until it returns something true (that value) or ``timeout`` passes (its last value)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(step)
+    return predicate()
 
 
 def free_port() -> int:

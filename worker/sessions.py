@@ -142,7 +142,12 @@ class SessionBoxes:
         return ended
 
     def drop(self, *, session_pk: int, container_id: str) -> None:
-        """Remove a stopped session's container (DELETE, prune, admin terminate)."""
+        """Remove a stopped session's container (DELETE, prune, admin terminate), with its uid and egress lane."""
+        with self._lock:
+            box = self._boxes.get(session_pk)
+        if box is not None and box.container_id == container_id:
+            self.forget(session_pk, destroy=True)
+            return
         self.forget(session_pk, destroy=False)
         containers.remove_container(container_id)
 

@@ -152,3 +152,32 @@ def test_an_event_source_in_a_browser_reads_a_live_run_with_a_stream_token(page,
     # Live, not at the end: the first line came well before the exit.
     assert received[-1][2] - stdout[0][2] > 2000
     thread.join(30)
+
+
+def test_a_filtered_runs_network_log_and_the_tenants_egress_show_in_the_admin(admin_page, stack, tenant):
+    tenant.allowed_networks = ["none", "filtered"]
+    tenant.save()
+    code = (
+        "import urllib.request\n"
+        "for url in ('https://pypi.org/simple/six/', 'https://registry.npmjs.org/'):\n"
+        "    try:\n"
+        "        urllib.request.urlopen(url, timeout=20).read()\n"
+        "    except OSError as e:\n"
+        "        print(type(e).__name__)\n"
+    )
+    options = {"network": "filtered", "networkFilter": {"whitelist": [r"^pypi\.org$"]}}
+    with stack.client(make_key(tenant)) as api:
+        execution_id = run(api, {"runtime": "python", "code": code}, options).json()["executionId"]
+    admin_page.goto(f"{stack.url}/admin/executions/execution/{execution_id}/change/")
+    assert_styled(admin_page)
+    rows = admin_page.locator("table.isol8-network-log tbody tr")
+    assert rows.count() == 2
+    first, second = rows.nth(0).inner_text(), rows.nth(1).inner_text()
+    assert "pypi.org:443" in first and "ALLOW" in first
+    assert "registry.npmjs.org:443" in second and "BLOCK" in second and "not_whitelisted" in second
+    screenshot(admin_page, "admin-execution-network-log")
+    admin_page.goto(f"{stack.url}/admin/tenants/tenant/{tenant.pk}/change/")
+    assert_styled(admin_page)
+    text = admin_page.inner_text("body")
+    assert "2 connections (1 allowed, 1 blocked)" in text, text[-2000:]
+    screenshot(admin_page, "admin-tenant-egress")

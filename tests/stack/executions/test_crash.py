@@ -3,26 +3,16 @@
 from __future__ import annotations
 
 import signal
-import time
 
 import pytest
 
 from executions.models import Execution
 from sandbox import containers
-from tests.conftest import make_key
+from tests.conftest import make_key, wait_for
 from tests.sse import iter_sse
 
 pytestmark = pytest.mark.stack
 
-
-def wait_for(predicate, timeout, step=0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(step)
-    return predicate()
 
 
 def test_killed_worker_fails_its_run_frees_the_quota_and_orphans_are_removed(stack, tenant):

@@ -12,7 +12,7 @@ import json
 import pytest
 
 from executions.models import Execution
-from tests.conftest import run
+from tests.conftest import run, wait_for
 
 pytestmark = pytest.mark.stack
 
@@ -87,6 +87,13 @@ def fetch(url: str) -> str:
 
 def last_json(body: dict) -> dict:
     return json.loads(body["stdout"].strip().splitlines()[-1])
+
+
+def lane_dirs() -> list[str]:
+    from django.conf import settings
+
+    root = settings.ISOL8_EGRESS_DIR
+    return sorted(str(p) for p in root.glob("*/*")) if root.is_dir() else []
 
 
 def bridge_gateway() -> str:
@@ -199,7 +206,11 @@ def test_a_session_keeps_its_network_and_reaches_out_in_each_run(filtered_tenant
     assert last_json(again)["status"] == 200 and again["networkLogs"][0]["action"] == "ALLOW"
     switched = run(api, {"runtime": "python", "code": "print(1)"}, {"network": "none"}, sessionId="net")
     assert switched.status_code == 400, switched.text
+    lanes = lane_dirs()
+    assert len(lanes) >= 1
     api.delete("/session/net")
+    # Its lane goes with its container.
+    assert wait_for(lambda: len(lane_dirs()) == len(lanes) - 1, 20), lane_dirs()
 
 
 @pytest.mark.parametrize(("runtime", "code"), [
@@ -234,3 +245,32 @@ def test_a_connection_ends_with_its_run(filtered_tenant, api):
     (entry,) = body["networkLogs"]
     # The tunnel was open when the run timed out: it closed with the run, not a minute later.
     assert entry["action"] == "ALLOW" and entry["durationMs"] < 5000, entry
+
+
+def test_the_tenants_caps_bound_a_run_and_its_month_adds_up(filtered_tenant, api):
+    from tenants.quotas import egress_usage
+
+    filtered_tenant.max_egress_connections = 1
+    filtered_tenant.save()
+    before = egress_usage(tenant=filtered_tenant)
+    twice = fetch("https://pypi.org/simple/six/") + FETCH  # the same fetch, twice
+    body = filtered(api, twice, whitelist=PYPI).json()
+    first, second = (json.loads(line) for line in body["stdout"].strip().splitlines())
+    assert first["status"] == 200, body
+    assert "429" in second.get("text", ""), second  # urllib: "Tunnel connection failed: 429 ..."
+    assert [e["reason"] for e in body["networkLogs"]] == ["", "connection_limit"]
+    after = egress_usage(tenant=filtered_tenant)
+    assert (after["allowed"] - before["allowed"], after["blocked"] - before["blocked"]) == (1, 1)
+    assert after["bytesDown"] - before["bytesDown"] == body["networkLogs"][0]["bytesDown"]
+
+
+def test_a_filtered_session_reaches_out_again_after_a_worker_restart(filtered_tenant, api, stack):
+    first = filtered(api, fetch("https://pypi.org/simple/six/"), whitelist=PYPI, sessionId="net-restart").json()
+    assert last_json(first)["status"] == 200, first
+    stack.stop("worker")
+    stack.start_worker()
+    stack.wait_healthy()
+    # The new worker re-attaches the container and listens on its lane again.
+    again = filtered(api, fetch("https://pypi.org/simple/six/"), whitelist=PYPI, sessionId="net-restart").json()
+    assert last_json(again)["status"] == 200, again
+    api.delete("/session/net-restart")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from datetime import timedelta
 
 import pytest
@@ -12,7 +11,7 @@ from django.utils import timezone
 from sandbox import containers
 from sessions_app.models import Session
 from sessions_app.services import sessions_prune
-from tests.conftest import run
+from tests.conftest import run, wait_for
 
 pytestmark = pytest.mark.stack
 
@@ -20,14 +19,6 @@ pytestmark = pytest.mark.stack
 def in_session(api, session_id, code, **request):
     return run(api, {"runtime": "bash", "code": code, **request}, sessionId=session_id)
 
-
-def wait_for(predicate, timeout=20.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.2)
-    return predicate()
 
 
 def test_prune_removes_idle_sessions_but_not_a_running_one(api, tenant):
