@@ -42,6 +42,7 @@ from executions.serializers import (
     execute_body,
 )
 from isol8_site import metrics, wire
+from isol8_site.authorization import parse_authorization
 from isol8_site.config import shown
 from isol8_site.errors import Forbidden, exception_handler, not_found, validation_error
 from isol8_site.negotiation import EventStreamNegotiation
@@ -54,7 +55,6 @@ from tenants.authentication import (
     Principal,
     StreamTokenAuthentication,
     authenticate_key,
-    parse_authorization,
     principal_of,
 )
 from tenants.tokens import execution_scope, stream_token_mint

@@ -19,6 +19,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from isol8_site import wire
+from isol8_site.authorization import parse_authorization
 
 
 def host_states(beats: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -106,7 +107,5 @@ class HealthApi(APIView):
 def presents_master_key(request: Request) -> bool:
     """The operator's view: the master key in Authorization (this route authenticates nobody else)."""
     master = settings.ISOL8_API_KEY
-    header = request.META.get("HTTP_AUTHORIZATION", "").strip()
-    scheme, _, rest = header.partition(" ")
-    given = rest.strip() if scheme.lower() == "bearer" else header
+    given = parse_authorization(request.META.get("HTTP_AUTHORIZATION", ""))
     return bool(master and given) and hmac.compare_digest(given.encode(), master.encode())

@@ -17,6 +17,7 @@ from rest_framework.authentication import BaseAuthentication
 from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
 
+from isol8_site.authorization import parse_authorization
 from isol8_site.errors import Forbidden, Unauthorized, unauthorized
 from tenants import throttle
 from tenants.models import ApiKey, Tenant
@@ -42,15 +43,6 @@ class Principal:
 
     is_authenticated = True
     is_anonymous = False
-
-
-def parse_authorization(header: str) -> str:
-    """Return the key from an Authorization header value ("" when there is none)."""
-    value = header.strip()
-    scheme, _, rest = value.partition(" ")
-    if scheme.lower() == "bearer":
-        return rest.strip()
-    return value
 
 
 def authenticate_key(key: str, *, client: str | None = None) -> Principal:

@@ -240,11 +240,12 @@ def test_a_connection_ends_with_its_run(filtered_tenant, api):
         "print(s.recv(100).split(b'\\r\\n')[0].decode(), flush=True)\n"
         "time.sleep(60)\n"
     )
-    body = filtered(api, code, whitelist=PYPI, timeout_ms=2000).json()
-    assert body["stdout"].strip() == "HTTP/1.1 200 Connection established"
+    # A timeout with room for a loaded machine (exec mode starts each run with docker exec).
+    body = filtered(api, code, whitelist=PYPI, timeout_ms=6000).json()
+    assert body["status"] == "timeout" and body["stdout"].strip() == "HTTP/1.1 200 Connection established", body
     (entry,) = body["networkLogs"]
     # The tunnel was open when the run timed out: it closed with the run, not a minute later.
-    assert entry["action"] == "ALLOW" and entry["durationMs"] < 5000, entry
+    assert entry["action"] == "ALLOW" and entry["durationMs"] < 9000, entry
 
 
 def test_the_tenants_caps_bound_a_run_and_its_month_adds_up(filtered_tenant, api):

@@ -72,11 +72,13 @@ def test_cleanup_removes_idle_sessions_and_leaked_containers_but_no_images(maste
     leaked.start()
     time.sleep(3.5)  # younger containers are spared (ISOL8_ORPHAN_MIN_AGE=3 in tests)
     images_before = {i.id for i in dockerapi.client().images.list()}
+    # The worker's own periodic sweep removes orphans of that age too and may come first.
+    swept_already = not containers.container_running(leaked.id)
     response = master.post("/cleanup")
     assert response.status_code == 200
     body = response.json()
     assert body["ok"] is True and body["sessions"]["removed"] >= 1
-    assert body["containers"]["removed"] >= 1 and body["containers"]["unanswered"] == 0
+    assert (body["containers"]["removed"] >= 1 or swept_already) and body["containers"]["unanswered"] == 0
     assert not containers.container_running(leaked.id)
     assert api.get("/sessions").json()["sessions"] == []
     assert {i.id for i in dockerapi.client().images.list()} >= images_before

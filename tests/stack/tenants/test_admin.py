@@ -26,7 +26,8 @@ def test_tenant_and_key_made_in_the_admin_execute_and_revocation_locks_out(admin
         "slug": "acme", "name": "Acme", "is_active": "on", "max_concurrent": 5, "max_per_minute": 120,
         "max_sessions": 20, "max_timeout_ms": 300000, "max_memory": 2 * 1024**3, "max_cpu": 2,
         "max_pids": 256, "max_output_size": 8 * 1024 * 1024, "allowed_runtimes": '["python", "bash"]',
-        "allowed_networks": '["none"]',
+        "allowed_networks": '["none"]', "egress_hosts": "[]", "max_egress_connections": 64,
+        "max_egress_bytes": 256 * 1024**2, "egress_bytes_per_second": 0, "max_egress_open": 32,
         "api_keys-TOTAL_FORMS": 0, "api_keys-INITIAL_FORMS": 0,
     })
     assert response.status_code == 302, response.content[:2000]
