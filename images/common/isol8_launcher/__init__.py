@@ -27,7 +27,8 @@ refused by the seccomp profile).
 
 Modules: protocol (framing), paths (the code user's files, resolved beneath
 their roots), procs (the code user's identity and processes), run (a run's
-loop), forkclient and forkserver (the python fork server), ops (the
-operations and the Launcher object that holds all state), relay (the egress
-relay), main (the modes).
+loop), forkclient and forkserver (the python fork server), kernel (a
+stateful session's interpreter and its cells), ops (the operations and the
+Launcher object that holds all state), relay (the egress relay), main (the
+modes).
 """

@@ -134,3 +134,4 @@ def serve(user: CodeUser, *, egress: str | None = None) -> int:
         # After the answer went out (the first time, or when it died): start
         # the python fork server while the worker has nothing to ask.
         launcher.ensure_forkserver()
+        launcher.cells.ensure()

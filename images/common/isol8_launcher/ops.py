@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from isol8_launcher.forkclient import ForkServer
+from isol8_launcher.kernel import Cells
 from isol8_launcher.paths import (
     RUN_FILE_ROOTS,
     SANDBOX,
@@ -66,6 +67,13 @@ class Launcher:
             forkserver_for=self.python_forkserver,
             roots=run_roots,
         )
+        # A stateful session's interpreter (configured by the "kernel" op) and its cells.
+        self.cells = Cells(
+            runner=self.runner,
+            spawn=lambda argv, env, cwd, fds: user.spawn(argv, env, cwd, None, pass_fds=fds),
+            kill=user.kill_all,
+            as_code_user=user.run_as,
+        )
         self.ops: dict[str, Op] = {
             "reset": self.op_reset,
             "get_file": self.op_get_file,
@@ -76,6 +84,8 @@ class Launcher:
             "put_tar": self.op_put_tar,
             "forkserver": self.op_forkserver,
             "ping": self.op_ping,
+            "kernel": self.cells.configure,
+            "kernel_restart": self.cells.restart,
         }
 
     def next_request(self) -> dict[str, Any] | None:
@@ -91,6 +101,9 @@ class Launcher:
                 # One-shot sandboxes are reset right after the result went out,
                 # while the worker records it: the next run does not wait for it.
                 self.handle({"op": "reset"})
+            return
+        if op == "cell":
+            self.cells.run_cell(req)
             return
         if op in INPUT_OPS:
             return  # live input for a run that has ended: dropped, and never answered

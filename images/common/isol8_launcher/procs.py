@@ -219,6 +219,8 @@ class CodeUser:
         cwd: str,
         prepare: Callable[[], None] | None,
         tty: tuple[int, int] | None = None,
+        *,
+        pass_fds: dict[int, int] | None = None,
     ) -> Process:
         """Start ``argv`` as the code user in its own session.
 
@@ -229,6 +231,8 @@ class CodeUser:
         Process then holds the terminal's master side as stdin and stdout (and
         a stderr pipe that only ends). Raises OpError when the program cannot
         be started (bad cwd, missing binary, a file that cannot be written).
+        ``pass_fds`` maps descriptors of the program (3 and up) to ours that it
+        gets there (a stateful session's interpreter: its cell and event pipes).
         """
         if tty is not None:
             with self.acting():  # devpts gives the new terminal to the opener: the code user
@@ -257,7 +261,8 @@ class CodeUser:
                 os.dup2(out_w if tty is not None else err_w, 2)
                 if tty is not None:
                     fcntl.ioctl(0, termios.TIOCSCTTY, 0)
-                close_fds_except({status_w})
+                status_w = _place_fds(status_w, pass_fds or {})
+                close_fds_except({status_w, *(pass_fds or {})})
                 default_signals()
                 if prepare is not None:
                     prepare()
@@ -279,6 +284,22 @@ class CodeUser:
             raise OpError(code, message)
         pidfd = os.pidfd_open(pid)
         return Process(pid, in_w, out_r, err_r, pidfd)
+
+
+def _place_fds(status_w: int, pass_fds: dict[int, int]) -> int:
+    """In spawn's child: put each passed descriptor at its number; returns where status_w is now.
+
+    Everything is first moved above every wanted number, so that no dup2 can
+    overwrite a descriptor still to be placed (the status pipe among them).
+    """
+    if not pass_fds:
+        return status_w
+    floor = max(pass_fds) + 1
+    status_w = fcntl.fcntl(status_w, fcntl.F_DUPFD_CLOEXEC, floor)
+    moved = {target: fcntl.fcntl(source, fcntl.F_DUPFD, floor) for target, source in pass_fds.items()}
+    for target, source in moved.items():
+        os.dup2(source, target)  # dup2's copy is inheritable: the program keeps it
+    return status_w
 
 
 def _uid_and_state(status: str) -> tuple[str, str]:

@@ -10,6 +10,10 @@ Replies are frames: a 4-byte big-endian payload length, one kind byte, the paylo
     r       the reply to any other operation              (JSON)
     c       the acknowledgement of a cancel that arrived after its run
     i       an interactive run's program read this much stdin       (JSON: bytes)
+    d       a stateful cell's display: a MIME bundle                  (JSON)
+
+A ``cell`` request (stateful sessions, kernel.py) is answered like a run:
+output frames, ``d`` frames, then ``x`` with the cell's value and exception.
 
 During a run the worker may send: ``cancel``; for an interactive run,
 ``stdin`` (base64 ``data``, or ``eof``), ``signal`` and ``resize``. These

@@ -413,7 +413,7 @@ class ProgramRun:
         elif op == "cancel":
             if not self.cancelled:
                 self.cancelled = True
-                self.runner.kill()
+                self._cancel()
         elif op in INPUT_OPS:
             if self.interactive:
                 self._input(ctl)
@@ -421,6 +421,10 @@ class ProgramRun:
                 self.runner.held_input.append(ctl)  # the setup script's run: kept for the code
         else:
             self.runner.pending.append(ctl)  # a request sent ahead: served after this run
+
+    def _cancel(self) -> None:
+        """The worker cancelled the run: everything of the code user is killed."""
+        self.runner.kill()
 
     def _input(self, ctl: dict[str, Any]) -> None:
         """A live message for the program: stdin bytes or its eof, a signal, the terminal's size."""
