@@ -49,7 +49,7 @@ from isol8_site.negotiation import EventStreamNegotiation
 from isol8_site.openapi import AUTH, BODY, SSE_EXTENSION, errors
 from sandbox.spec import ExecutionSpec
 from sessions_app.models import Session
-from sessions_app.services import NetworkAsk, sessions_stop_idle
+from sessions_app.services import SessionAsk, sessions_stop_idle
 from tenants.authentication import (
     IsMaster,
     Principal,
@@ -101,6 +101,12 @@ def start_execution(
     # Package names are checked before anything runs (400), then the policy (403).
     spec.install_packages = validate_packages(runtime=spec.runtime, packages=spec.install_packages)
     check_installs_allowed(tenant=principal.tenant, packages=spec.install_packages)
+    stateful = data.get("stateful")
+    if stateful and not data.get("sessionId"):
+        raise validation_error("stateful: needs a sessionId (the interpreter lives in the session)")
+    if stateful and settings.SANDBOX.mode != "launcher":
+        raise validation_error("stateful: this server runs sandboxes in exec mode; stateful sessions need "
+                               "ISOL8_SANDBOX_MODE=launcher")
     callback = data.get("callbackUrl") or default_callback
     if callback:
         webhooks.check_callback_url(tenant=principal.tenant, url=callback)
@@ -113,7 +119,9 @@ def start_execution(
         callback_url=callback,
         batch_id=batch_id,
         # A session keeps its network: what the request named of it is checked against the session.
-        network_ask=NetworkAsk(network=options.get("network"), network_filter=options.get("networkFilter")),
+        session_ask=SessionAsk(
+            network=options.get("network"), network_filter=options.get("networkFilter"), stateful=stateful
+        ),
     )
 
 

@@ -183,13 +183,15 @@ _storage = RedisEventStorage()
 def publish(
     execution_id: object,
     event_type: str,
-    data: str,
+    data: str | dict[str, Any],
     phase: str | None = "code",
     *,
     first: bool,
     retry_seconds: float = PUBLISH_RETRY_SECONDS,
 ) -> None:
     """Publish one isol8 stream event ``{"type","data","phase"}`` of an execution.
+
+    ``data`` is text, except for a stateful cell's ``display`` (a MIME bundle).
 
     ``first``: it is the run's first event (it creates the list). A Redis that
     restarts or blips is waited for (retrying with backoff for
@@ -257,16 +259,17 @@ class LivePublisher:
         self.capped = False
         self.lost = False
 
-    def __call__(self, event_type: str, data: str, phase: str | None) -> None:
+    def __call__(self, event_type: str, data: str | dict[str, Any], phase: str | None) -> None:
         if self.lost or self.capped:
             return
-        self.bytes += len(data)
+        self.bytes += len(data) if isinstance(data, str) else len(json.dumps(data))
         if self.bytes > settings.ISOL8_EVENTS_MAX_BYTES:
             self.capped = True
+            event_type = "stderr" if event_type == "display" else event_type
             data = f"\n--- LIVE OUTPUT STOPPED: over {settings.ISOL8_EVENTS_MAX_BYTES} bytes of events ---\n"
         self.send(event_type, data, phase)
 
-    def send(self, event_type: str, data: str, phase: str | None = "code") -> None:
+    def send(self, event_type: str, data: str | dict[str, Any], phase: str | None = "code") -> None:
         """Publish one event (output or terminal) unless live events were lost."""
         if self.lost:
             return

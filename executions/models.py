@@ -59,6 +59,9 @@ class Execution(models.Model):
     # network "filtered": the egress proxy's log of the run, {"entries": [...], "totals": {...}}
     # (sandbox/spec.py RunResult.network_log); null for other runs.
     network_log = models.JSONField(null=True, blank=True)
+    # A stateful session's cell: {"value", "outputs", "exception", "stateLost"}
+    # (sandbox/cells.py); null for other runs.
+    cell = models.JSONField(null=True, blank=True)
 
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     started_at = models.DateTimeField(null=True, blank=True)

@@ -45,11 +45,27 @@ def result_payload(execution: Execution, *, network_logs: bool = True) -> dict[s
         payload["files"] = execution.files or {}
     if execution.status == Status.ERROR and execution.error:
         payload["error"] = execution.error
+    if execution.request.get("stateful"):
+        payload.update(cell_fields(execution.cell))
     if network_logs and execution.request.get("logNetwork"):
         entries = network_log_entries(execution)
         if entries:  # isol8 leaves networkLogs out when there is nothing in it
             payload["networkLogs"] = entries
     return payload
+
+
+def cell_fields(cell: Any) -> dict[str, Any]:
+    """A stateful cell's part of the result: value, outputs, exception, stateLost (empty if it never ran)."""
+    cell = cell if isinstance(cell, dict) else {}
+    fields = {
+        "value": cell.get("value"),
+        "outputs": cell.get("outputs") or [],
+        "exception": cell.get("exception"),
+        "stateLost": bool(cell.get("stateLost", False)),
+    }
+    if cell.get("displaysDropped"):
+        fields["displaysDropped"] = int(cell["displaysDropped"])
+    return fields
 
 
 def network_log_entries(execution: Execution) -> list[dict[str, Any]]:

@@ -11,7 +11,7 @@ import re
 from typing import Any
 
 from django.conf import settings
-from drf_spectacular.utils import extend_schema_field, extend_schema_serializer
+from drf_spectacular.utils import extend_schema_field, extend_schema_serializer, inline_serializer
 from rest_framework import serializers
 
 from executions.models import Status
@@ -223,6 +223,12 @@ class ExecuteSerializer(StrictSerializer):
     request = RequestSerializer()
     options = OptionsSerializer(required=False)
     sessionId = SessionIdField(required=False)
+    stateful = Boolean(
+        required=False,
+        help_text="With sessionId: the session keeps one live interpreter (python, node, bash) and each run is a "
+        "cell in it, answered with value, outputs, exception and stateLost. Fixed by the session's first execute; "
+        "later ones may leave it out.",
+    )
     callbackUrl = Text(required=False, help_text="POST the result here when the run ends (signed; see README). "
                        "Only to the tenant's callback hosts, never to private addresses.")
 
@@ -299,6 +305,24 @@ class NetworkLogSerializer(serializers.Serializer):
     totals = NetworkTotalsSerializer()
 
 
+class CellExceptionSerializer(serializers.Serializer):
+    """A stateful cell's exception, structured (the same text is in stderr)."""
+
+    ename = serializers.CharField(help_text='Its type, e.g. "ZeroDivisionError".')
+    evalue = serializers.CharField(allow_blank=True)
+    traceback = serializers.ListField(child=serializers.CharField(allow_blank=True),
+                                      help_text="The formatted lines: the cell's frames only, no interpreter's.")
+
+
+# One display of a stateful cell: a MIME bundle (the ``display`` stream event's data).
+# (A Serializer cannot declare a field named "data": inline_serializer builds it.)
+DisplaySerializer = inline_serializer("Display", {
+    "type": serializers.ChoiceField(choices=["display"]),
+    "data": serializers.DictField(help_text='MIME type → content: "text/plain", "text/html", "image/png" (base64), '
+                                  '"image/svg+xml", "application/json" (any JSON), ...'),
+})
+
+
 class ExecutionResultSerializer(serializers.Serializer):
     """isol8's ExecutionResult, plus ``status`` and ``timedOut``."""
 
@@ -319,6 +343,25 @@ class ExecutionResultSerializer(serializers.Serializer):
     networkLogs = NetworkLogEntrySerializer(
         many=True, required=False,
         help_text='network "filtered" with logNetwork: its connection attempts (omitted when there were none).',
+    )
+    value = serializers.DictField(
+        required=False, allow_null=True,
+        help_text="Stateful sessions: the value of the cell's trailing expression as a MIME bundle "
+        '("text/plain" always; "text/html", "image/png", ... when the object offers them); null when none.',
+    )
+    outputs = serializers.ListField(
+        child=DisplaySerializer, required=False,
+        help_text="Stateful sessions: the cell's displays (plots among them), in order.",
+    )
+    exception = CellExceptionSerializer(required=False, allow_null=True,
+                                        help_text="Stateful sessions: the exception the cell raised, or null.")
+    stateLost = serializers.BooleanField(
+        required=False,
+        help_text="Stateful sessions: the interpreter was started again (a cell killed after its timeout's grace, "
+        "an OOM kill, the interpreter ending): what earlier cells defined is gone.",
+    )
+    displaysDropped = serializers.IntegerField(
+        required=False, help_text="Stateful sessions: displays left out past ISOL8_DISPLAY_MAX_BYTES."
     )
 
 

@@ -27,7 +27,7 @@ from executions import events
 from executions.models import FINISHED, Execution, Status
 from executions.results import result_json
 from isol8_site import dispatch, errors, logs, metrics, tracing, wire
-from isol8_site.errors import DomainError, InstallFailed, SetupFailed, Unavailable
+from isol8_site.errors import DomainError, InstallFailed, SetupFailed, Unavailable, validation_error
 from isol8_site.redis import get_redis, retrying
 from sandbox.spec import ExecutionSpec, Limits, RunResult
 from sessions_app import services as sessions
@@ -53,7 +53,7 @@ def execution_start(
     session_id: str | None = None,
     callback_url: str = "",
     batch_id: uuid.UUID | None = None,
-    network_ask: sessions.NetworkAsk | None = None,
+    session_ask: sessions.SessionAsk | None = None,
 ) -> Execution:
     """Take the tenant's quota, claim the session, record the execution and enqueue it.
 
@@ -62,7 +62,7 @@ def execution_start(
     slot) is taken outside any database transaction; the session claim and
     the new row commit together, so a failure leaves neither behind. Secret
     values go to Redis, never to the database. A session's run gets the
-    session's network and egress policy (``network_ask``: what the request
+    session's network and egress policy (``session_ask``: what the request
     named of them, 400 when it differs).
     """
     execution_id = uuid.uuid4()
@@ -75,7 +75,7 @@ def execution_start(
         try:
             execution = _record_and_enqueue(
                 tenant=tenant, spec=spec, limits=limits, streamed=streamed, session_id=session_id,
-                callback_url=callback_url, batch_id=batch_id, execution_id=execution_id, network_ask=network_ask,
+                callback_url=callback_url, batch_id=batch_id, execution_id=execution_id, session_ask=session_ask,
             )
         except sessions.HostUnreachableError as exc:
             raise sessions.session_host_unreachable(exc) from None
@@ -96,7 +96,7 @@ def _record_and_enqueue(
     callback_url: str,
     batch_id: uuid.UUID | None,
     execution_id: uuid.UUID,
-    network_ask: sessions.NetworkAsk | None = None,
+    session_ask: sessions.SessionAsk | None = None,
 ) -> Execution:
     """The session claim, the row and the enqueue, in one transaction (sent once it commits)."""
     with transaction.atomic():
@@ -104,7 +104,7 @@ def _record_and_enqueue(
         if session_id:
             session = sessions.session_claim_for_execution(
                 tenant=tenant, session_id=session_id, runtime=spec.runtime, limits=limits,
-                execution_id=execution_id, egress=spec.egress, asked=network_ask,
+                execution_id=execution_id, egress=spec.egress, asked=session_ask,
             )
             spec, limits = _in_session(session, spec, limits)
         execution = Execution.objects.create(
@@ -138,11 +138,33 @@ def _in_session(session: Session, spec: ExecutionSpec, limits: Limits) -> tuple[
     run's egress policy from its spec: a run that named neither takes them
     from the session (one that named others was refused by the claim).
     """
+    if session.stateful:
+        check_cell(spec)
     network = sessions.session_network(session)
     egress = dict(session.egress or {}) if network == "filtered" else {}
-    if network == limits.network and egress == spec.egress:
+    if network == limits.network and egress == spec.egress and not session.stateful:
         return spec, limits
-    return dataclasses.replace(spec, egress=egress), dataclasses.replace(limits, network=network)
+    # A cell has no stdin: a WebSocket's execute (interactive) runs as any other cell.
+    interactive = spec.interactive and not session.stateful
+    return (dataclasses.replace(spec, egress=egress, stateful=session.stateful, interactive=interactive),
+            dataclasses.replace(limits, network=network))
+
+
+def check_cell(spec: ExecutionSpec) -> None:
+    """A stateful session's run is a cell of code: what a cell cannot have is 400 (inside the claim's transaction)."""
+    if spec.cmd:
+        refused = "cmd (a stateful session runs code cells in its interpreter)"
+    elif spec.stdin:
+        refused = "stdin (a cell has none; write a file and read it)"
+    elif spec.tty:
+        refused = "tty (a cell's output streams; open a terminal with a non-stateful session)"
+    elif spec.setup_script:
+        refused = "setupScript (run it as a cell, or before in a non-stateful session)"
+    elif spec.file_extension:
+        refused = "fileExtension (a cell is not a file)"
+    else:
+        return
+    raise validation_error(f"A stateful session's execute cannot have {refused}")
 
 
 def _enqueue(execution: Execution, queue: str | None) -> None:
@@ -504,6 +526,7 @@ def execution_finish(*, execution: Execution, result: RunResult, live: events.Li
         "container_id": result.container_id,
         "package_source": result.package_source,
         "network_log": result.network_log,
+        "cell": result.cell,
     }
     with transaction.atomic():
         updated = Execution.objects.filter(pk=execution.pk, status=Status.RUNNING).update(**fields)

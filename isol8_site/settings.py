@@ -391,6 +391,11 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = ISOL8_FILE_BODY_MAX
 FILE_UPLOAD_MAX_MEMORY_SIZE = ISOL8_FILE_BODY_MAX
 # All of one run's outputPaths together (each file is also capped at ISOL8_FILE_MAX_BYTES).
 ISOL8_OUTPUT_FILES_MAX = env_int("ISOL8_OUTPUT_FILES_MAX", 10 * 1024 * 1024)
+# A stateful cell's displays (plots, HTML) together; past it they are dropped (displaysDropped).
+ISOL8_DISPLAY_MAX_BYTES = env_int("ISOL8_DISPLAY_MAX_BYTES", 16 * 1024 * 1024)
+# Build the python-science image (the python image plus numpy, pandas, matplotlib)
+# that stateful python sessions run in; 0 keeps only the slim images.
+ISOL8_SCIENCE_IMAGE = env_bool("ISOL8_SCIENCE_IMAGE", True)
 # The history keeps at most this much raw output per stream and execution.
 ISOL8_HISTORY_MAX_OUTPUT = env_int("ISOL8_HISTORY_MAX_OUTPUT", 1024 * 1024)
 # How long a queued run may wait for a worker before it fails with 503.
@@ -525,6 +530,8 @@ SANDBOX = SandboxConfig(
     uid_count=ISOL8_SANDBOX_UID_COUNT,
     file_max_bytes=ISOL8_FILE_MAX_BYTES,
     output_files_max=ISOL8_OUTPUT_FILES_MAX,
+    display_max_bytes=ISOL8_DISPLAY_MAX_BYTES,
+    science_image=ISOL8_SCIENCE_IMAGE,
     pool_size=ISOL8_POOL_SIZE,
     idle_per_tenant=ISOL8_TENANT_IDLE_MAX,
     idle_seconds=ISOL8_TENANT_IDLE_SECONDS,

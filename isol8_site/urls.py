@@ -27,6 +27,7 @@ urlpatterns = [
     path("sessions", sessions.SessionListApi.as_view()),
     path("session/<str:session_id>", sessions.SessionDeleteApi.as_view()),
     path("session/<str:session_id>/token", sessions.SessionTokenApi.as_view()),
+    path("session/<str:session_id>/restart", sessions.SessionRestartApi.as_view()),
     path("file", sessions.FileApi.as_view()),
     path("cleanup", executions.CleanupApi.as_view()),
     path("auth/keys", auth.KeysApi.as_view()),

@@ -45,6 +45,8 @@ class SandboxConfig:
     uid_count: int = 65_536
     file_max_bytes: int = 10 * 1024 * 1024  # one file a run returns or the file API moves
     output_files_max: int = 10 * 1024 * 1024  # all of a run's outputPaths together
+    display_max_bytes: int = 16 * 1024 * 1024  # a stateful cell's displays together (images, HTML)
+    science_image: bool = True  # build python-science (numpy, pandas, matplotlib) for stateful python
     pool_size: int = 2  # warm containers per runtime
     idle_per_tenant: int = 4  # reset containers kept per tenant and key
     idle_seconds: float = 60.0

@@ -26,6 +26,9 @@ from sandbox.runtimes import RUNTIMES
 Log = Callable[[str], None]
 LABEL_MANAGED = "isol8.managed"
 LABEL_IMAGE = "isol8.image"
+# The python image with the scientific stack, for stateful python sessions
+# (plots, DataFrames); plain runs keep the slim python image.
+SCIENCE = "python-science"
 
 
 def extra_ca_files() -> list[Path]:
@@ -46,6 +49,10 @@ def image_hash(runtime: str) -> str:
     code it started with.
     """
     images = current().images_dir
+    if runtime == SCIENCE:  # built FROM the python image: its hash and its own Dockerfile
+        digest = hashlib.sha256(image_hash("python").encode())
+        digest.update((images / SCIENCE / "Dockerfile").read_bytes())
+        return digest.hexdigest()[:12]
     digest = hashlib.sha256(current().base_image.encode())
     common = sorted(p for p in (images / "common").rglob("*") if p.is_file() and "__pycache__" not in p.parts)
     for path in [images / runtime / "Dockerfile", *common, *extra_ca_files()]:
@@ -60,6 +67,20 @@ def image_name(runtime: str) -> str:
 
 def image_exists(name: str) -> bool:
     return dockerapi.image_labels(name) is not None
+
+
+def science_image() -> str | None:
+    """The python-science image for a stateful python session, when it is configured and built."""
+    if not current().science_image:
+        return None
+    name = image_name(SCIENCE)
+    return name if image_exists(name) else None
+
+
+def build_science_image(*, log: Log, force: bool = False) -> None:
+    """Build python-science when configured (after the python image, which it starts FROM)."""
+    if current().science_image:
+        build_image(SCIENCE, log=log, force=force)
 
 
 def missing_images(runtimes: list[str] | tuple[str, ...]) -> list[str]:
@@ -127,8 +148,11 @@ def _build(name: str, runtime: str, context: str, log: Log) -> None:
     dockerfile = f"{runtime}/Dockerfile"
     if not (Path(context) / dockerfile).exists():
         dockerfile = "Dockerfile"
+    buildargs = {"BASE_IMAGE": current().base_image}
+    if runtime == SCIENCE:
+        buildargs["PYTHON_IMAGE"] = image_name("python")
     for chunk in dockerapi.build_image(
-        context=context, dockerfile=dockerfile, tag=name, buildargs={"BASE_IMAGE": current().base_image},
+        context=context, dockerfile=dockerfile, tag=name, buildargs=buildargs,
         labels={LABEL_MANAGED: "true", LABEL_IMAGE: runtime},
     ):
         if "error" in chunk:

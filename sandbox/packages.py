@@ -135,7 +135,7 @@ def _install(
     collector = OutputCollector(
         secrets=[],
         history_max=limits.max_output,
-        publish=(lambda name, text, phase: on_output(name, text)) if on_output else None,
+        publish=(lambda name, text, phase: on_output(name, str(text))) if on_output else None,
     )
     try:
         outcome: dict[str, object] = {}

@@ -12,6 +12,7 @@ length), which FrameReader takes apart.
     r       the reply to any other operation              (JSON)
     c       the acknowledgement of a cancel that arrived after its run (skipped)
     i       an interactive run's program read this much stdin       (JSON: bytes)
+    d       a stateful cell's display: a MIME bundle                  (JSON)
 
 During a run the worker may send control requests: ``cancel``, and for an
 interactive run ``stdin`` (base64 ``data`` or ``eof``), ``signal`` and

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from sandbox.cells import STATEFUL_RUNTIMES, CellOutputs, build_cell_request, kernel_request
 from sandbox.config import current
 from sandbox.containers import Sandbox, container_state
 from sandbox.errors import SandboxError
@@ -34,12 +35,14 @@ SETUP_PATH = "/sandbox/.isol8-setup.sh"
 LAUNCHER_GRACE_SECONDS = 10.0
 STREAMS = {"o": ("stdout", "code"), "e": ("stderr", "code"), "O": ("stdout", "setup"), "E": ("stderr", "setup")}
 
-Publish = Callable[[str, str, str | None], None]  # (type, data, phase)
+# (type, data, phase): data is text, or a MIME bundle for a stateful cell's "display".
+Publish = Callable[[str, "str | dict[str, Any]", str | None], None]
 # Live stdin on its way to an interactive run's launcher, not yet read by the
 # program, is at most this much (or one message, if that is larger): the
 # launcher's "i" frames give credit back as the program reads.
 STDIN_WINDOW_BYTES = 16 * 1024
 TERMINAL_SIZE = [80, 24]  # a tty run's terminal until the client resizes it
+STATEFUL_NEEDS_LAUNCHER = "Stateful sessions need the launcher sandbox mode (ISOL8_SANDBOX_MODE=launcher)"
 
 
 def resolve_workdir(workdir: str) -> str:
@@ -50,14 +53,19 @@ def resolve_workdir(workdir: str) -> str:
     return path
 
 
-def prepare_sandbox(box: Sandbox) -> None:
-    """Get a new sandbox ready for its first run: python ones get a fork server.
+def prepare_sandbox(box: Sandbox, *, stateful: bool = False) -> None:
+    """Get a new sandbox ready for its first run: python ones get a fork server, stateful ones an interpreter.
 
     The launcher then forks each python run from a python3 it started once, so
     a run does not pay the interpreter's start-up (~20 ms of CPU here); see the
-    launcher's forkserver module.
+    launcher's forkserver module. A stateful session's launcher starts its
+    interpreter right away (kernel.py), so the first cell finds it ready.
     """
-    if box.mode == "launcher" and box.runtime == "python" and current().python_fork_server:
+    if box.mode != "launcher":
+        return
+    if stateful and box.runtime in STATEFUL_RUNTIMES:
+        box.request(kernel_request(box.runtime, box.limits), timeout=30.0)
+    elif box.runtime == "python" and current().python_fork_server:
         box.request({"op": "forkserver", "argv": ["python3"], "env": BASE_ENV}, timeout=30.0)
 
 
@@ -329,13 +337,20 @@ def run_in_sandbox(
     # The launcher resets a one-shot sandbox on its own right after the run; the
     # exec fallback cannot (its exec ends with the run), so the pool asks later.
     reset_after = not in_session and box.mode == "launcher"
-    request = build_request(
-        spec,
-        limits,
-        in_session=in_session,
-        reset_after=reset_after,
-        fork_server=box.mode == "launcher" and current().python_fork_server,
-    )
+    cell: CellOutputs | None = None
+    if spec.stateful:
+        if box.mode != "launcher":
+            return RunResult(status="error", error=STATEFUL_NEEDS_LAUNCHER, container_id=box.container_id)
+        request = build_cell_request(spec, limits)
+        cell = CellOutputs(secrets=[v for v in spec.secrets.values() if v])
+    else:
+        request = build_request(
+            spec,
+            limits,
+            in_session=in_session,
+            reset_after=reset_after,
+            fork_server=box.mode == "launcher" and current().python_fork_server,
+        )
     collector = OutputCollector(
         secrets=list(spec.secrets.values()), history_max=history_max, publish=publish
     )
@@ -354,6 +369,10 @@ def run_in_sandbox(
                 collector.truncated(marker["kind"], int(marker["bytes"]), limits.max_output)
             elif frame.kind == "i":
                 handle.credit(int(frame.json().get("bytes", 0)))
+            elif frame.kind == "d" and cell is not None:
+                shown = cell.display(frame.payload)
+                if shown is not None and publish is not None:
+                    publish("display", shown, "code")
             elif frame.kind == "x":
                 handle.close_input()
                 outcome = frame.json()
@@ -376,7 +395,10 @@ def run_in_sandbox(
         handle.close_input()
         handle.sandbox = None
     collector.finish()
-    return _result_from_outcome(outcome, collector, limits, box, handle)
+    result = _result_from_outcome(outcome, collector, limits, box, handle)
+    if cell is not None and "error" not in outcome:
+        result.cell = cell.result(outcome)
+    return result
 
 
 def _cancelled_result(collector: OutputCollector, started: float, box: Sandbox) -> RunResult:
@@ -411,7 +433,9 @@ def _result_from_outcome(
     timed_out = bool(outcome.get("timedOut"))
     cancelled = bool(outcome.get("cancelled")) or handle.cancelled
     oom = bool(outcome.get("oom")) and exit_code == 137 and not timed_out and not cancelled
-    if timed_out or oom or outcome.get("pidsExhausted"):
+    # A stateful cell's launcher cleans up itself: an interrupted cell keeps the
+    # interpreter, a killed one goes with every process of the code user.
+    if (timed_out or oom or outcome.get("pidsExhausted")) and not outcome.get("cell"):
         box.broken = True  # rule 3: never reuse it
     if cancelled:
         status = "cancelled"

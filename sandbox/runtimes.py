@@ -128,3 +128,5 @@ RUNTIME_NAMES = tuple(RUNTIMES)
 # too (where build_images put a local CA, for machines whose TLS is intercepted).
 SYSTEM_TRUST_ENV = {"NODE_EXTRA_CA_CERTS": CA_BUNDLE, "DENO_TLS_CA_STORE": "system,mozilla"}
 PREBUILT_RUNTIMES = tuple(name for name, rt in RUNTIMES.items() if rt.prebuilt_install)
+# The runtimes whose sessions may be stateful: a live interpreter each (the launcher's kernel.py).
+STATEFUL_RUNTIMES = ("python", "node", "bash")

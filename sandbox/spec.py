@@ -67,6 +67,8 @@ class ExecutionSpec:
     # request's filter and the tenant's policy resolved by the web side.
     egress: dict[str, Any] = field(default_factory=dict)
     log_network: bool = False  # isol8's logNetwork: the result carries networkLogs
+    # A stateful session's run: ``code`` is a cell of the session's live interpreter.
+    stateful: bool = False
 
     @classmethod
     def from_request(cls, request: dict[str, Any], options: dict[str, Any]) -> ExecutionSpec:
@@ -111,6 +113,7 @@ class ExecutionSpec:
             interactive=bool(stored.get("interactive", False)),
             egress=stored.get("egress", {}),
             log_network=bool(stored.get("logNetwork", False)),
+            stateful=bool(stored.get("stateful", False)),
         )
 
     def to_stored(self) -> dict[str, Any]:
@@ -130,6 +133,7 @@ class ExecutionSpec:
             "interactive": self.interactive,
             "egress": self.egress,
             "logNetwork": self.log_network,
+            "stateful": self.stateful,
         }
         return {k: v for k, v in data.items() if v}
 
@@ -162,3 +166,5 @@ class RunResult:
     package_source: str = ""
     # network "filtered": {"entries": [...], "totals": {...}} from the egress gateway.
     network_log: dict[str, Any] | None = None
+    # A stateful cell: {"value", "outputs", "exception", "stateLost"} (CellResult.to_json).
+    cell: dict[str, Any] | None = None

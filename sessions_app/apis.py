@@ -121,6 +121,29 @@ class SessionTokenApi(APIView):
         })
 
 
+class SessionRestartApi(APIView):
+    """POST /session/{id}/restart: restart a stateful session's interpreter; its files stay."""
+
+    @extend_schema(
+        operation_id="session_restart",
+        summary="Restart a stateful session's interpreter (variables are gone, files in /sandbox stay)",
+        description=(
+            "Answers once the new interpreter is ready. 400 for a session that is not stateful, 409 while it "
+            "runs a cell, 404 for an id this tenant has no session under."
+        ),
+        request=None,
+        responses={
+            200: inline_serializer("SessionRestarted", {"ok": serializers.BooleanField(),
+                                                         "restarted": serializers.BooleanField()}),
+            **errors(*FILE_ERRORS),
+        },
+    )
+    def post(self, request: Request, session_id: str) -> Response:
+        principal = principal_of(request)
+        services.session_restart(tenant=principal.tenant, session_id=_session_id(session_id))
+        return Response({"ok": True, "restarted": True})
+
+
 def _session_id(value: object) -> str:
     if not isinstance(value, str) or not SESSION_ID.match(value):
         raise validation_error("sessionId: must be 1-128 characters of A-Z a-z 0-9 . _ -")

@@ -47,6 +47,9 @@ class Session(models.Model):
     # the session is created like its network (in ``limits``); every run of the
     # session carries it in its spec. {} for other networks.
     egress = models.JSONField(default=dict, blank=True)
+    # A stateful session keeps one live interpreter: each run is a cell in it
+    # (sandbox/cells.py). Fixed on the first execute, like the runtime.
+    stateful = models.BooleanField(default=False)
     # The execution running now, if any (a second one gets 409 session_busy).
     busy_execution = models.UUIDField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)

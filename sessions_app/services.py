@@ -30,6 +30,7 @@ from isol8_site.errors import (
     validation_error,
 )
 from isol8_site.redis import get_redis
+from sandbox.runtimes import STATEFUL_RUNTIMES
 from sandbox.spec import Limits
 from sessions_app import placement
 from sessions_app.models import LIVE_STATES, Session, SessionState
@@ -45,16 +46,18 @@ def session_busy() -> SessionBusy:
 
 
 @dataclass(frozen=True)
-class NetworkAsk:
-    """What a run's request named of its network, held against the session it runs in.
+class SessionAsk:
+    """What a run's request named of its session's fixed traits, held against the session it runs in.
 
-    A session keeps the network and egress filter it was created with, as it
-    keeps its runtime: a request naming another is 400. What a request does
-    not name (``None``), its run takes from the session.
+    A session keeps the network and egress filter it was created with, and
+    whether it is stateful, as it keeps its runtime: a request naming another
+    is 400. What a request does not name (``None``), its run takes from the
+    session.
     """
 
     network: str | None = None  # options.network
     network_filter: dict[str, list[str]] | None = None  # options.networkFilter: {"whitelist", "blacklist"}
+    stateful: bool | None = None  # the body's stateful
 
 
 def session_claim_for_execution(
@@ -65,7 +68,7 @@ def session_claim_for_execution(
     limits: Limits,
     execution_id: uuid.UUID,
     egress: dict[str, Any] | None = None,
-    asked: NetworkAsk | None = None,
+    asked: SessionAsk | None = None,
 ) -> Session:
     """The caller's session (created on first use), marked busy with ``execution_id``.
 
@@ -74,17 +77,23 @@ def session_claim_for_execution(
     policy every run of it gets (``limits``, ``egress``). Raised inside the
     caller's transaction, a refusal rolls the claim back with it.
     """
-    asked = asked or NetworkAsk()
+    asked = asked or SessionAsk()
     claimed = _claim_idle(tenant=tenant, session_id=session_id, runtime=runtime, owner=execution_id)
     if claimed is not None:
         check_network(claimed, asked=asked)
+        check_stateful(claimed, asked=asked)
         check_host(claimed)
         return claimed
     # Not idle and ready: find out why (new, dead, other runtime, busy) the slow way.
     session = session_get(tenant=tenant, session_id=session_id)
     if session is None:
+        if asked.stateful and runtime not in STATEFUL_RUNTIMES:
+            raise validation_error(
+                f"stateful: sessions of {runtime} cannot be stateful (only {', '.join(STATEFUL_RUNTIMES)})"
+            )
         session = _session_create(
-            tenant=tenant, session_id=session_id, runtime=runtime, limits=limits, egress=egress or {}
+            tenant=tenant, session_id=session_id, runtime=runtime, limits=limits, egress=egress or {},
+            stateful=bool(asked.stateful),
         )
     if session.state == SessionState.DEAD:
         raise SessionDead(
@@ -98,9 +107,20 @@ def session_claim_for_execution(
             code="validation_error",
         )
     check_network(session, asked=asked)
+    check_stateful(session, asked=asked)
     _claim(session, execution_id)
     check_host(session)
     return session
+
+
+def check_stateful(session: Session, *, asked: SessionAsk) -> None:
+    """A request naming the other kind of session (stateful or not) than this one is 400."""
+    if asked.stateful is not None and asked.stateful != session.stateful:
+        have, want = ("stateful", "not stateful") if session.stateful else ("not stateful", "stateful")
+        raise validation_error(
+            f"Cannot make this session {want}: it was created {have}. "
+            "Each persistent session keeps what its first execute made it."
+        )
 
 
 def session_network(session: Session) -> str:
@@ -108,7 +128,7 @@ def session_network(session: Session) -> str:
     return str((session.limits or {}).get("network", "none"))
 
 
-def check_network(session: Session, *, asked: NetworkAsk) -> None:
+def check_network(session: Session, *, asked: SessionAsk) -> None:
     """A request naming another network or (for a filtered session) another networkFilter is 400."""
     network = session_network(session)
     if asked.network is not None and asked.network != network:
@@ -189,6 +209,19 @@ def lost_reason(host: str) -> str:
     return f"its worker host {host} stopped answering (its worker or its Docker engine)"
 
 
+def session_restart(*, tenant: Tenant, session_id: str) -> None:
+    """POST /session/{id}/restart: a new interpreter in the caller's stateful session, its files kept.
+
+    A session that is not stateful has no interpreter to restart (400). The
+    restart reaches the container like a file operation (claimed, counted,
+    sent to the session's host), so it never overlaps a cell.
+    """
+    session = session_get(tenant=tenant, session_id=session_id)
+    if session is not None and session.is_live and not session.stateful:
+        raise validation_error("This session is not stateful: it has no interpreter to restart")
+    file_operation(tenant=tenant, session_id=session_id, op={"op": "kernel_restart"})
+
+
 def session_claim_for_files(*, tenant: Tenant, session_id: str) -> tuple[Session, uuid.UUID]:
     """Claim an existing session with a ready container for one file operation."""
     session = session_get(tenant=tenant, session_id=session_id)
@@ -224,19 +257,20 @@ def _claim_idle(*, tenant: Tenant, session_id: str, runtime: str, owner: uuid.UU
             # Only the table name is formatted in; every value is a query parameter.
             f"UPDATE {fields.db_table} SET busy_execution = %s, last_used_at = %s "
             "WHERE tenant_id = %s AND session_id = %s AND runtime = %s AND busy_execution IS NULL "
-            "AND state IN (%s, %s) RETURNING id, worker_host, container_id, state, limits, egress",
+            "AND state IN (%s, %s) RETURNING id, worker_host, container_id, state, limits, egress, stateful",
             [busy, now, tenant.pk, session_id, runtime, *LIVE_STATES],
         )
         row = cursor.fetchone()
     if row is None:
         return None
-    pk, worker_host, container_id, state, limits, egress = row
+    pk, worker_host, container_id, state, limits, egress, stateful = row
     json_field: Any = fields.get_field("limits")  # the JSON columns as the ORM would read them
     return Session(
         pk=pk, tenant=tenant, session_id=session_id, runtime=runtime, worker_host=worker_host,
         container_id=container_id, state=state, busy_execution=owner,
         limits=json_field.from_db_value(limits, None, connection),
         egress=json_field.from_db_value(egress, None, connection),
+        stateful=bool(stateful),
     )
 
 
@@ -253,7 +287,7 @@ def _claim(session: Session, owner: uuid.UUID) -> None:
 
 
 def _session_create(
-    *, tenant: Tenant, session_id: str, runtime: str, limits: Limits, egress: dict[str, Any]
+    *, tenant: Tenant, session_id: str, runtime: str, limits: Limits, egress: dict[str, Any], stateful: bool = False
 ) -> Session:
     """A new live session of ``tenant`` if its caps allow one more (called inside a transaction).
 
@@ -274,7 +308,7 @@ def _session_create(
         with transaction.atomic():
             return Session.objects.create(
                 tenant=tenant, session_id=session_id, runtime=runtime, limits=limits.to_json(), egress=egress,
-                worker_host=host,
+                worker_host=host, stateful=stateful,
             )
     except IntegrityError:
         # Another request created it a moment ago: use that one.

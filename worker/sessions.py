@@ -21,6 +21,7 @@ from isol8_site import wire
 from sandbox import containers
 from sandbox.containers import LABEL_SESSION, LABEL_TENANT, Sandbox
 from sandbox.errors import SandboxError
+from sandbox.images import science_image
 from sandbox.run import prepare_sandbox
 from sandbox.spec import Limits
 from sessions_app import services as session_services
@@ -77,8 +78,12 @@ class SessionBoxes:
                 session_services.session_mark_dead(session_pk=session.pk, reason="its container is gone")
                 raise SandboxError("the session's container is gone; delete the session and start a new one")
             box.tenant = session.tenant.slug
-            prepare_sandbox(box)  # idempotent: keeps the fork-server setting after a worker restart
+            # Idempotent: keeps the fork-server setting after a worker restart, and a
+            # stateful session's interpreter (the launcher kept it, with its state).
+            prepare_sandbox(box, stateful=session.stateful)
         elif create:
+            if image is None and session.stateful and session.runtime == "python":
+                image = science_image()  # plots and DataFrames, when that image is built
             box = containers.create_sandbox(
                 runtime=session.runtime,
                 limits=limits,
@@ -89,7 +94,7 @@ class SessionBoxes:
             if not session_services.session_attach_container(session_pk=session.pk, container_id=box.container_id):
                 box.destroy()
                 raise SessionDeletedError("the session was deleted while its sandbox was starting")
-            prepare_sandbox(box)
+            prepare_sandbox(box, stateful=session.stateful)
         else:
             raise SandboxError("the session has no sandbox yet")
         with self._lock:

@@ -19,7 +19,7 @@ import httpx
 
 from isol8_client._version import __version__
 from isol8_client.errors import Isol8ConnectionError, Isol8Error, error_class_for
-from isol8_client.models import StreamEvent
+from isol8_client.models import StreamEvent, is_known_event
 
 # A long read timeout, because POST /execute only answers when the program
 # ends (up to the tenant's timeout cap, 300 s by default, plus queueing); a
@@ -110,15 +110,27 @@ def build_request(
 
 
 def execute_body(
-    request: Mapping[str, Any], options: Mapping[str, Any], session_id: str | None
+    request: Mapping[str, Any], options: Mapping[str, Any], session_id: str | None, stateful: bool = False
 ) -> dict[str, Any]:
-    """The body of POST /execute and /execute/stream."""
+    """The body of POST /execute, /execute/stream and the WebSocket ``execute`` message.
+
+    ``stateful`` goes next to ``sessionId``, and only with it: the server
+    refuses a stateful run without a session.
+    """
     body: dict[str, Any] = {"request": dict(request)}
     if options:
         body["options"] = dict(options)
     if session_id is not None:
         body["sessionId"] = session_id
+        if stateful:
+            body["stateful"] = True
     return body
+
+
+def check_stateful(session_id: str | None, stateful: bool) -> None:
+    """A stateful client needs a session: the interpreter's state lives in it."""
+    if stateful and session_id is None:
+        raise ValueError("stateful=True requires a session_id: the interpreter's state lives in a session")
 
 
 def file_body(session_id: str, path: str, content: bytes | str) -> dict[str, Any]:
@@ -127,11 +139,26 @@ def file_body(session_id: str, path: str, content: bytes | str) -> dict[str, Any
     return {"sessionId": session_id, "path": path, "content": base64.b64encode(raw).decode("ascii")}
 
 
-def require_session(session_id: str | None) -> str:
-    """File transfer only makes sense in a persistent session (isol8 says the same)."""
+NO_SESSION_FOR_FILES = "File operations require a session_id (persistent mode)"
+NO_SESSION_FOR_RESTART = "restart() requires a session_id: it restarts that session's interpreter"
+
+
+def require_session(session_id: str | None, message: str = NO_SESSION_FOR_FILES) -> str:
+    """File transfer (or a restart) only makes sense in a persistent session (isol8 says the same)."""
     if session_id is None:
-        raise ValueError("File operations require a session_id (persistent mode)")
+        raise ValueError(message)
     return session_id
+
+
+def json_object(response: httpx.Response, what: str) -> dict[str, Any]:
+    """The JSON object a 2xx answer carries; anything else is the server's mistake."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        raise Isol8Error(f"The server's {what} answer is not a JSON object")
+    return body
 
 
 def decode_file(body: Any) -> bytes:
@@ -257,4 +284,6 @@ class SseParser:
             raise Isol8Error(f"Malformed stream event from the server: {payload[:200]!r}") from exc
         if not isinstance(body, dict):
             raise Isol8Error(f"Malformed stream event from the server: {payload[:200]!r}")
+        if not is_known_event(body):
+            return None  # a type from a newer server: skipped, as the protocol asks
         return StreamEvent.from_json(body)

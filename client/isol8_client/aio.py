@@ -21,7 +21,7 @@ from isol8_client.models import ExecutionResult, SessionInfo, StreamEvent
 class AsyncRemoteIsol8:
     """An asyncio connection to one isol8 server, optionally bound to one session.
 
-    See :class:`isol8_client.RemoteIsol8` for the options and retry policy.
+    See :class:`isol8_client.RemoteIsol8` for the options, ``stateful`` and the retry policy.
     """
 
     def __init__(
@@ -30,6 +30,7 @@ class AsyncRemoteIsol8:
         api_key: str,
         session_id: str | None = None,
         *,
+        stateful: bool = False,
         retry: bool = False,
         max_retries: int = 3,
         max_retry_wait: float = 60.0,
@@ -37,8 +38,10 @@ class AsyncRemoteIsol8:
         transport: httpx.AsyncBaseTransport | None = None,
         **options: Any,
     ) -> None:
+        proto.check_stateful(session_id, stateful)
         self.host = proto.normalize_host(host)
         self.session_id = session_id
+        self.stateful = stateful
         self.last_execution_id: str | None = None  # see RemoteIsol8.last_execution_id
         self.options = proto.options_to_wire(options)
         self.retry_policy = proto.RetryPolicy(retry, max_retries, max_retry_wait)
@@ -140,6 +143,11 @@ class AsyncRemoteIsol8:
         """Kill a queued or running execution (POST /executions/{id}/cancel)."""
         await self._call("POST", f"/executions/{execution_id}/cancel")
 
+    async def get_execution(self, execution_id: str) -> ExecutionResult:
+        """One finished execution from the history (GET /executions/{id}); see RemoteIsol8.get_execution."""
+        response = await self._call("GET", f"/executions/{execution_id}")
+        return ExecutionResult.from_json(response.json())
+
     # -- sessions and files --------------------------------------------------
 
     async def put_file(self, path: str, content: bytes | str) -> None:
@@ -162,10 +170,18 @@ class AsyncRemoteIsol8:
         """Stop and remove one of the caller's sessions and its container."""
         await self._call("DELETE", f"/session/{session_id}")
 
+    async def restart(self) -> dict[str, Any]:
+        """Restart this client's stateful session's interpreter (POST /session/{id}/restart).
+
+        Returns ``{"ok": True, "restarted": True}``; see RemoteIsol8.restart for the errors.
+        """
+        session_id = proto.require_session(self.session_id, proto.NO_SESSION_FOR_RESTART)
+        return proto.json_object(await self._call("POST", f"/session/{session_id}/restart"), "restart")
+
     # -- plumbing ----------------------------------------------------------------
 
     def _body(self, request: dict[str, Any]) -> dict[str, Any]:
-        return proto.execute_body(request, self.options, self.session_id)
+        return proto.execute_body(request, self.options, self.session_id, self.stateful)
 
     async def _call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         """One API call, raising the server's error, retried when the policy allows."""

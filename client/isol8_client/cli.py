@@ -10,6 +10,7 @@ network said.
 from __future__ import annotations
 
 import argparse
+import base64
 import importlib.util
 import json
 import os
@@ -31,7 +32,7 @@ from isol8_client.errors import (
     QuotaExceededError,
     UnavailableError,
 )
-from isol8_client.models import ExecutionResult, SessionInfo, StreamEvent
+from isol8_client.models import ExecutionResult, MimeBundle, SessionInfo, StreamEvent
 
 # isol8's RuntimeRegistry.detect table (extension → runtime).
 RUNTIME_BY_EXTENSION = {
@@ -137,7 +138,14 @@ def _add_run(commands: argparse._SubParsersAction[argparse.ArgumentParser],
     run.add_argument("--cmd", help="shell command, run as `bash -c` (default runtime: bash)")
     run.add_argument("-r", "--runtime", help="python, node, bun, deno or bash")
     run.add_argument("--persistent", action="store_true", help="run in a session deleted at exit")
-    run.add_argument("--session-id", help="run in this session and keep it after exit")
+    run.add_argument("--session-id", "--session", dest="session_id", metavar="ID",
+                     help="run in this session and keep it after exit")
+    run.add_argument("--stateful", action="store_true",
+                     help="with --session: the session keeps one interpreter, so variables live on "
+                          "between runs; the value of the last expression is printed after the output")
+    run.add_argument("--save-outputs", metavar="DIR",
+                     help="write the run's images and HTML (display outputs, then the value) to DIR "
+                          "as output-<n>.png|svg|html")
     run.add_argument("--stdin", help="text piped to the program's stdin")
     run.add_argument("--timeout", type=int, metavar="MS", help="time limit in milliseconds")
     run.add_argument("--memory", help="memory limit, e.g. 512m")
@@ -253,27 +261,51 @@ def cmd_run(args: argparse.Namespace, transport: httpx.BaseTransport | None) -> 
         raise UsageError("-i gives stdin to the program: give the code as FILE, -e CODE or --cmd.")
     if args.interactive and (args.stdin is not None or not args.stream):
         raise UsageError("-i streams stdin live: it goes with neither --stdin nor --no-stream.")
+    check_cell_flags(args)
     source = read_source(args)
     session_id = args.session_id or (f"cli-{int(time.time() * 1000)}" if args.persistent else None)
-    client = connect(args, transport, session_id, **run_options(args))
+    client = connect(args, transport, session_id, stateful=args.stateful, **run_options(args))
+    cells = args.stateful or args.save_outputs is not None
     try:
         if args.interactive:
             return run_interactive(client, source)
         if args.stream:
-            try:
-                return stream_to_terminal(client.execute_stream(**source))
-            except KeyboardInterrupt:
-                # Ctrl-C stops the program on the server too, not just our stream.
-                if client.last_execution_id:
-                    try:
-                        client.cancel(client.last_execution_id)
-                    except Isol8Error:
-                        pass
-                raise
-        return print_result(client.execute(**source))
+            return run_streamed(client, source, cells=cells, save_dir=args.save_outputs)
+        result = client.execute(**source)
+        exit_code = print_result(result)
+        if cells:
+            report_cell(result, [], args.save_outputs)
+        return exit_code
     finally:
         # An explicit --session-id is the user's to keep; a generated one is ours to delete.
         finish_session(client, keep=args.session_id is not None)
+
+
+def check_cell_flags(args: argparse.Namespace) -> None:
+    """``--stateful`` needs a named session; cells and their outputs do not go with ``-i``."""
+    if args.stateful and not args.session_id:
+        raise UsageError("--stateful needs --session ID: the interpreter and its variables live in that session.")
+    if args.interactive and (args.stateful or args.save_outputs is not None):
+        raise UsageError("-i gives the program live stdin, and a stateful cell takes none: "
+                         "-i goes with neither --stateful nor --save-outputs.")
+
+
+def run_streamed(client: RemoteIsol8, source: dict[str, Any], *, cells: bool, save_dir: str | None) -> int:
+    """The default ``isol8 run``: output streamed live, then (for a cell) its value and outputs."""
+    displays: list[MimeBundle] = []
+    try:
+        exit_code = stream_to_terminal(client.execute_stream(**source), displays)
+    except KeyboardInterrupt:
+        # Ctrl-C stops the program on the server too, not just our stream.
+        if client.last_execution_id:
+            try:
+                client.cancel(client.last_execution_id)
+            except Isol8Error:
+                pass
+        raise
+    if cells:
+        report_cell(final_result(client), displays, save_dir)
+    return exit_code
 
 
 def run_interactive(client: RemoteIsol8, source: dict[str, Any]) -> int:
@@ -372,24 +404,28 @@ def parse_pairs(pairs: Sequence[str], flag: str) -> dict[str, str]:
     return result
 
 
-def stream_to_terminal(events: Iterable[StreamEvent]) -> int:
+def stream_to_terminal(events: Iterable[StreamEvent], displays: list[MimeBundle] | None = None) -> int:
     """Copy stdout/stderr events to the terminal as they come; return the program's exit code.
 
     As in isol8, an error event prints ``[ERR] ...`` and sets exit code 1, and
     a non-zero exit event (137 after a timeout) sets its own. isol8's server
     ends a failed stream with an error event and no exit event; a stream that
-    ends with neither was cut, which must not pass for success.
+    ends with neither was cut, which must not pass for success. A stateful
+    cell's ``display`` events are appended to ``displays`` (when given).
     """
     exit_code = 0
     ended = False
     for event in events:
         if event.type == "stdout":
-            _write(sys.stdout, event.data)
+            _write(sys.stdout, event.text)
         elif event.type == "stderr":
-            _write(sys.stderr, event.data)
+            _write(sys.stderr, event.text)
+        elif event.type == "display":
+            if displays is not None and isinstance(event.data, dict):
+                displays.append(event.data)
         elif event.type == "error":
             ended, exit_code = True, FAILURE
-            print(f"[ERR] {event.data}", file=sys.stderr, flush=True)
+            print(f"[ERR] {event.text}", file=sys.stderr, flush=True)
         elif event.type == "exit":
             ended = True
             if event.exit_code != 0:
@@ -414,6 +450,86 @@ def print_result(result: ExecutionResult) -> int:
     if result.truncated:
         print("[WARN] Output was truncated", file=sys.stderr, flush=True)
     return result.exit_code
+
+
+# -- stateful cells: value and outputs ---------------------------------------------
+
+# The MIME types --save-outputs writes, in the order it writes a bundle's, with their extensions.
+SAVED_MIME_TYPES = (("image/png", "png"), ("image/svg+xml", "svg"), ("text/html", "html"))
+
+
+def final_result(client: RemoteIsol8) -> ExecutionResult | None:
+    """The whole result of the run just streamed (the stream's ``exit`` has only the exit code).
+
+    None, after a warning, when the server has no history route to ask.
+    """
+    if not client.last_execution_id:
+        return None
+    try:
+        return client.get_execution(client.last_execution_id)
+    except Isol8Error as exc:
+        print(f"[WARN] Could not fetch the run's value and outputs: {exc}", file=sys.stderr, flush=True)
+        return None
+
+
+def report_cell(result: ExecutionResult | None, streamed: list[MimeBundle], save_dir: str | None) -> None:
+    """After a cell's output: its value's ``text/plain`` on stdout, then (with a DIR) its files.
+
+    The outputs are the result's; the ``display`` events seen on the stream
+    stand in when the result has none (or could not be fetched).
+    """
+    value = result.value if result is not None else None
+    plain = (value or {}).get("text/plain")
+    if isinstance(plain, str):
+        print(plain, flush=True)
+    if save_dir is None:
+        return
+    outputs = output_bundles(result) if result is not None and result.outputs else streamed
+    save_outputs([*outputs, value] if value is not None else outputs, Path(save_dir))
+
+
+def output_bundles(result: ExecutionResult) -> list[MimeBundle]:
+    """The MIME bundles of a result's ``outputs`` items (``{"type": "display", "data": {...}}``), in order."""
+    return [item["data"] for item in result.outputs if isinstance(item.get("data"), dict)]
+
+
+def save_outputs(bundles: Iterable[MimeBundle], directory: Path) -> list[Path]:
+    """Write each bundle's PNG, SVG and HTML as ``output-<n>.<ext>`` (n from 1), naming each on stderr."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"Cannot create {directory}: {exc}") from exc
+    written: list[Path] = []
+    for bundle in bundles:
+        for mime_type, extension in SAVED_MIME_TYPES:
+            content = mime_bytes(mime_type, bundle.get(mime_type))
+            if content is None:
+                continue
+            path = directory / f"output-{len(written) + 1}.{extension}"
+            _write_file(path, content)
+            print(path, file=sys.stderr, flush=True)
+            written.append(path)
+    return written
+
+
+def mime_bytes(mime_type: str, content: object) -> bytes | None:
+    """A bundle entry as file bytes: image/png is base64, the rest is text; None when absent or unusable."""
+    if not isinstance(content, str):
+        return None
+    if mime_type != "image/png":
+        return content.encode("utf-8")
+    try:
+        return base64.b64decode(content, validate=True)
+    except ValueError:  # binascii.Error: not base64, so not an image either
+        print(f"[WARN] Skipped an {mime_type} output that is not base64", file=sys.stderr, flush=True)
+        return None
+
+
+def _write_file(path: Path, content: bytes) -> None:
+    try:
+        path.write_bytes(content)
+    except OSError as exc:
+        raise UsageError(f"Cannot write {path}: {exc}") from exc
 
 
 def finish_session(client: RemoteIsol8, *, keep: bool) -> None:

@@ -34,6 +34,11 @@ class RemoteIsol8:
     ``secrets={...}``, ``network``...); they are sent, camelCased, with every
     execution. ``retry=True`` retries 429/503 answers up to ``max_retries``
     times, waiting what ``Retry-After`` says (at most ``max_retry_wait`` s).
+
+    ``stateful=True`` (with a ``session_id``; without one it is a ValueError)
+    makes the session keep one interpreter: each execute is a cell that sees the
+    variables of the earlier ones, and its result carries ``value``,
+    ``outputs``, ``exception`` and ``state_lost``.
     """
 
     def __init__(
@@ -42,6 +47,7 @@ class RemoteIsol8:
         api_key: str,
         session_id: str | None = None,
         *,
+        stateful: bool = False,
         retry: bool = False,
         max_retries: int = 3,
         max_retry_wait: float = 60.0,
@@ -49,8 +55,10 @@ class RemoteIsol8:
         transport: httpx.BaseTransport | None = None,
         **options: Any,
     ) -> None:
+        proto.check_stateful(session_id, stateful)
         self.host = proto.normalize_host(host)
         self.session_id = session_id
+        self.stateful = stateful
         # The id of the execution most recently started with execute_stream()
         # (the server's X-Execution-Id), so a caller can cancel() it.
         self.last_execution_id: str | None = None
@@ -202,6 +210,14 @@ class RemoteIsol8:
         """
         self._call("POST", f"/executions/{execution_id}/cancel")
 
+    def get_execution(self, execution_id: str) -> ExecutionResult:
+        """One finished execution of this tenant from the history (GET /executions/{id}, this server's).
+
+        After ``execute_stream()`` (whose ``exit`` event carries only the exit
+        code), it gives the whole result, a stateful cell's ``value`` included.
+        """
+        return ExecutionResult.from_json(self._call("GET", f"/executions/{execution_id}").json())
+
     # -- sessions and files --------------------------------------------------
 
     def put_file(self, path: str, content: bytes | str) -> None:
@@ -223,10 +239,21 @@ class RemoteIsol8:
         """Stop and remove one of the caller's sessions and its container."""
         self._call("DELETE", f"/session/{session_id}")
 
+    def restart(self) -> dict[str, Any]:
+        """Restart this client's stateful session's interpreter (POST /session/{id}/restart).
+
+        Variables are gone afterwards; files in /sandbox stay. Returns the
+        server's answer, ``{"ok": True, "restarted": True}``. The server refuses
+        a session that is not stateful (BadRequestError), an unknown one
+        (NotFoundError) and one that is running a cell (ConflictError).
+        """
+        session_id = proto.require_session(self.session_id, proto.NO_SESSION_FOR_RESTART)
+        return proto.json_object(self._call("POST", f"/session/{session_id}/restart"), "restart")
+
     # -- plumbing ----------------------------------------------------------------
 
     def _body(self, request: dict[str, Any]) -> dict[str, Any]:
-        return proto.execute_body(request, self.options, self.session_id)
+        return proto.execute_body(request, self.options, self.session_id, self.stateful)
 
     def _call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         """One API call, raising the server's error, retried when the policy allows."""

@@ -26,7 +26,7 @@ from websockets.sync.client import ClientConnection, connect
 
 from isol8_client import _protocol as proto
 from isol8_client.errors import Isol8ConnectionError, Isol8Error, error_class_for
-from isol8_client.models import StreamEvent
+from isol8_client.models import StreamEvent, is_known_event
 
 SIGNALS = ("SIGINT", "SIGTERM", "SIGKILL")
 
@@ -103,6 +103,8 @@ class InteractiveRun:
                 continue
             if body.get("type") == "error" and "status" in body:
                 raise _refused(body)
+            if not is_known_event(body):
+                continue  # a type from a newer server: skipped, as the protocol asks
             event = StreamEvent.from_json(body)
             yield event
             if event.type == "exit":

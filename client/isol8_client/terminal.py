@@ -90,11 +90,11 @@ def copy_output(run: InteractiveRun) -> int | None:
     """Write the run's output here as it comes (a terminal's bytes unchanged); return its exit code."""
     for event in run:
         if event.type == "stdout":
-            _write(sys.stdout, event.data)
+            _write(sys.stdout, event.text)
         elif event.type == "stderr":
-            _write(sys.stderr, event.data)
+            _write(sys.stderr, event.text)
         elif event.type == "error":
-            _write(sys.stderr, f"\r\n[ERR] {event.data}\r\n")
+            _write(sys.stderr, f"\r\n[ERR] {event.text}\r\n")
         elif event.type == "exit":
             return event.exit_code
     return None

@@ -296,8 +296,9 @@ class Cells:
         cell = CellRun(self, kernel, limits, started=started, grace=grace,
                        max_display=int(req.get("maxDisplayBytes", 16 * 1024 * 1024)))
         cell.skip_old_output()
+        env = {str(k): str(v) for k, v in (req.get("env") or {}).items()}
         try:
-            kernel.send(kernel.cells, str(req.get("code", "")), {str(k): str(v) for k, v in (req.get("env") or {}).items()})
+            kernel.send(kernel.cells, str(req.get("code", "")), env)
         except OSError:
             cell.died = True  # gone before it read the cell: its end is found by the loop
         outcome = cell.run()

@@ -27,7 +27,7 @@ LIVE_CODE = "import time\nprint('first', flush=True)\ntime.sleep(2)\nprint('seco
 
 def joined(events: list[StreamEvent], kind: str) -> str:
     """A stream's text: the server may split a write into several events (print's text and newline)."""
-    return "".join(e.data for e in events if e.type == kind)
+    return "".join(e.text for e in events if e.type == kind)
 
 
 def assert_delivered_live(arrivals: list[tuple[StreamEvent, float]]) -> None:

@@ -187,6 +187,116 @@ def test_server_errors_are_one_clear_line_and_exit_1(
     assert err.startswith(expected) and err.count("\n") == 1
 
 
+# -- stateful cells ---------------------------------------------------------------------------
+
+PNG = b"\x89PNG\r\n\x1a\n\x00plot"
+VALUE_PNG = b"\x89PNG\r\n\x1a\n\x00value"
+SVG = '<svg xmlns="http://www.w3.org/2000/svg"><text>é</text></svg>'
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def cell_stream(*events: dict[str, object]) -> httpx.Response:
+    """A stream answer carrying the execution id, as the server sends it."""
+    return httpx.Response(200, content=sse(*events), headers={"X-Execution-Id": "e-1"})
+
+
+def test_run_stateful_streams_then_prints_the_value_from_the_history(
+    server: MockServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    server.route("POST", "/execute/stream", cell_stream(
+        {"type": "stdout", "data": "out\n"}, {"type": "stderr", "data": "err\n"}, {"type": "exit", "data": "0"}))
+    server.route("GET", "/executions/e-1", httpx.Response(200, json=result_json(
+        value={"text/plain": "43", "text/html": "<b>43</b>"})))
+    assert isol8(server, "run", "-e", "x + 1", "--session", "s1", "--stateful") == 0
+    assert capsys.readouterr() == ("out\n43\n", "err\n")
+    assert server.bodies("/execute/stream") == [
+        {"request": {"runtime": "python", "code": "x + 1"}, "sessionId": "s1", "stateful": True}]
+    assert server.paths() == ["POST /execute/stream", "GET /executions/e-1"]  # the named session stays
+
+
+def test_run_stateful_no_stream_prints_output_then_value_and_keeps_the_exit_code(
+    server: MockServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    server.route("POST", "/execute", httpx.Response(200, json=result_json(
+        stdout="out", stderr="ZeroDivisionError: division by zero", exitCode=1, value=None,
+        exception={"ename": "ZeroDivisionError", "evalue": "division by zero", "traceback": []})))
+    assert isol8(server, "run", "-e", "1/0", "--session-id", "s1", "--stateful", "--no-stream") == 1
+    assert capsys.readouterr() == ("out\n", "ZeroDivisionError: division by zero\n")
+    assert server.bodies("/execute")[0]["stateful"] is True
+    server.route("POST", "/execute", httpx.Response(200, json=result_json(stdout="", value={"text/plain": "'a'"})))
+    assert isol8(server, "run", "-e", "'a'", "--session", "s1", "--stateful", "--no-stream") == 0
+    assert capsys.readouterr() == ("'a'\n", "")
+
+
+def test_run_save_outputs_writes_outputs_then_value_with_decoded_bytes(
+    server: MockServer, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    outputs = [{"type": "display", "data": {"image/png": b64(PNG), "text/plain": "<Figure>"}},
+               {"type": "display", "data": {"text/plain": "table"}},
+               {"type": "display", "data": {"text/html": "<table></table>", "image/svg+xml": SVG}}]
+    server.route("POST", "/execute/stream", cell_stream(
+        {"type": "display", "data": outputs[0]["data"]}, {"type": "exit", "data": "0"}))
+    server.route("GET", "/executions/e-1", httpx.Response(200, json=result_json(
+        stdout="", outputs=outputs, value={"image/png": b64(VALUE_PNG), "text/plain": "<Image>"})))
+    target = tmp_path / "plots" / "run1"
+    assert isol8(server, "run", "-e", "plot()", "--session", "s1", "--stateful", "--save-outputs", str(target)) == 0
+    names = ["output-1.png", "output-2.svg", "output-3.html", "output-4.png"]
+    assert sorted(path.name for path in target.iterdir()) == names
+    assert (target / "output-1.png").read_bytes() == PNG
+    assert (target / "output-2.svg").read_bytes() == SVG.encode()
+    assert (target / "output-3.html").read_text() == "<table></table>"
+    assert (target / "output-4.png").read_bytes() == VALUE_PNG
+    out, err = capsys.readouterr()
+    assert out == "<Image>\n"
+    assert err.splitlines() == [str(target / name) for name in names]
+
+
+def test_run_save_outputs_falls_back_to_the_streamed_displays(
+    server: MockServer, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    server.route("POST", "/execute/stream", cell_stream(
+        {"type": "display", "data": {"image/png": b64(PNG)}}, {"type": "stdout", "data": "done\n"},
+        {"type": "exit", "data": "0"}))
+    # No history route (the original isol8 server): a warning, and the stream's displays are saved.
+    assert isol8(server, "run", "-e", "plot()", "--session", "s1", "--save-outputs", str(tmp_path)) == 0
+    assert (tmp_path / "output-1.png").read_bytes() == PNG
+    out, err = capsys.readouterr()
+    assert out == "done\n"
+    assert err.splitlines() == ["[WARN] Could not fetch the run's value and outputs: Not found (404 not_found)",
+                                str(tmp_path / "output-1.png")]
+
+
+def test_run_without_cell_flags_ignores_display_events_and_asks_nothing_more(
+    server: MockServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    server.route("POST", "/execute/stream", cell_stream(
+        {"type": "display", "data": {"text/plain": "shown"}}, {"type": "novel", "data": "?"},
+        {"type": "stdout", "data": "out\n"}, {"type": "exit", "data": "0"}))
+    assert isol8(server, "run", "-e", "x", "--session", "s1") == 0
+    assert capsys.readouterr() == ("out\n", "")
+    assert server.paths() == ["POST /execute/stream"]
+    assert "stateful" not in server.bodies("/execute/stream")[0]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [(["--stateful"], "--stateful needs --session"),
+     (["--stateful", "--persistent"], "--stateful needs --session"),
+     (["--stateful", "--session", "s1", "-i"], "neither --stateful nor --save-outputs"),
+     (["--save-outputs", "out", "-i"], "neither --stateful nor --save-outputs")],
+)
+def test_run_cell_flag_mistakes_exit_2_with_one_line(
+    server: MockServer, capsys: pytest.CaptureFixture[str], args: list[str], message: str
+) -> None:
+    assert isol8(server, "run", "-e", "x", *args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("[ERR] ") and message in err and err.count("\n") == 1
+    assert server.requests == []
+
+
 # -- sessions and files ---------------------------------------------------------------------
 
 

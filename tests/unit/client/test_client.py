@@ -305,11 +305,15 @@ def test_sse_parser_reads_only_data_space_lines_across_chunk_boundaries() -> Non
     assert events == [StreamEvent("stdout", "x"), StreamEvent("exit", "0")]
 
 
-def test_sse_parser_rejects_a_malformed_event_and_maps_unknown_types_to_error() -> None:
+def test_sse_parser_rejects_a_malformed_event_and_skips_unknown_types() -> None:
     with pytest.raises(Isol8Error, match="Malformed"):
         proto.SseParser().feed("data: {nope\n")
-    [event] = proto.SseParser().feed('data: {"type":"weird","data":"d"}\n')
-    assert event.type == "error" and "weird" in event.data
+    # A type from a newer server is skipped, as the protocol asks of clients that do not know it.
+    events = proto.SseParser().feed('data: {"type":"weird","data":"d"}\ndata: {"type":"exit","data":"0"}\n')
+    assert events == [StreamEvent("exit", "0")]
+    # Built directly, an unknown type still says what it was.
+    event = StreamEvent.from_json({"type": "weird", "data": "d"})
+    assert event.type == "error" and "weird" in event.text
 
 
 def test_stream_yields_each_event_before_the_next_chunk_is_produced(server: MockServer) -> None:
@@ -338,6 +342,127 @@ def test_stream_errors_before_the_stream_raise_and_can_be_retried(
     server.route("POST", "/execute/stream", error(503, "Busy", "unavailable", **{"Retry-After": "1"}),
                  httpx.Response(200, content=sse({"type": "exit", "data": "0"})))
     assert [e.type for e in make(server, retry=True).execute_stream("x")] == ["exit"]
+
+
+# -- stateful sessions ----------------------------------------------------------------------
+
+PNG = b"\x89PNG\r\n\x1a\nfake"
+BUNDLE = {"image/png": base64.b64encode(PNG).decode(), "text/plain": "<Figure size 640x480>"}
+
+
+def test_stateful_client_sends_stateful_next_to_the_session_in_every_execute_body(server: MockServer) -> None:
+    server.route("POST", "/execute", httpx.Response(200, json=result_json()))
+    server.route("POST", "/execute/stream", httpx.Response(200, content=sse({"type": "exit", "data": "0"})))
+    client = make(server, "s1", stateful=True, memory_limit="1g")
+    client.execute("x = 41")
+    list(client.execute_stream("x + 1"))
+    expected = {"options": {"memoryLimit": "1g"}, "sessionId": "s1", "stateful": True}
+    assert server.bodies("/execute") == [{"request": {"runtime": "python", "code": "x = 41"}, **expected}]
+    assert server.bodies("/execute/stream") == [{"request": {"runtime": "python", "code": "x + 1"}, **expected}]
+
+
+def test_stateful_is_left_out_unless_asked_for(server: MockServer) -> None:
+    server.route("POST", "/execute", httpx.Response(200, json=result_json()))
+    make(server, "s1").execute("x")
+    make(server, "s1", stateful=False).execute("x")
+    assert [body.get("stateful") for body in server.bodies("/execute")] == [None, None]
+    assert proto.execute_body({}, {}, None, True) == {"request": {}}  # never without a session
+
+
+def test_stateful_without_a_session_is_refused_at_construction(server: MockServer) -> None:
+    with pytest.raises(ValueError, match="session_id"):
+        make(server, stateful=True)
+    with pytest.raises(ValueError, match="session_id"):
+        make_async(server, stateful=True)
+
+
+def test_result_of_a_cell_carries_value_outputs_exception_and_state_lost(server: MockServer) -> None:
+    exception = {"ename": "ZeroDivisionError", "evalue": "division by zero",
+                 "traceback": ["Traceback (most recent call last):\n", '  File "<cell 3>", line 1\n']}
+    body = result_json(exitCode=1, value={"text/plain": "43", "application/json": {"a": 1}},
+                       outputs=[{"type": "display", "data": BUNDLE}], exception=exception, stateLost=True)
+    server.route("POST", "/execute", httpx.Response(200, json=body))
+    result = make(server, "s1", stateful=True).execute("1/0")
+    assert result.value == {"text/plain": "43", "application/json": {"a": 1}}
+    assert result.outputs == [{"type": "display", "data": BUNDLE}]
+    assert result.exception == exception
+    assert (result.state_lost, result.exit_code, result.stdout) == (True, 1, "hello")
+
+
+def test_result_without_cell_fields_has_their_defaults() -> None:
+    result = client_module.ExecutionResult.from_json(result_json())
+    assert (result.value, result.outputs, result.exception, result.state_lost) == (None, [], None, False)
+    # A cell whose trailing expression is None: value null; outputs null is read as none.
+    result = client_module.ExecutionResult.from_json(result_json(value=None, outputs=None, stateLost=False))
+    assert (result.value, result.outputs) == (None, [])
+
+
+def test_stream_yields_display_events_with_the_bundle_as_data(server: MockServer) -> None:
+    body = sse({"type": "stdout", "data": "plotting\n", "phase": "code"},
+               {"type": "display", "data": BUNDLE, "phase": "code"},
+               {"type": "progress", "data": {"percent": 50}, "phase": "code"},  # unknown: skipped
+               {"type": "stderr", "data": "warn\n", "phase": "code"},
+               {"type": "exit", "data": "0", "phase": "code"})
+    server.route("POST", "/execute/stream", httpx.Response(200, content=body))
+    events = list(make(server, "s1", stateful=True).execute_stream("plot()"))
+    assert events == [StreamEvent("stdout", "plotting\n", "code"), StreamEvent("display", BUNDLE, "code"),
+                      StreamEvent("stderr", "warn\n", "code"), StreamEvent("exit", "0", "code")]
+    assert (events[1].text, events[1].exit_code, events[-1].exit_code) == ("<Figure size 640x480>", None, 0)
+
+
+def test_restart_posts_to_the_sessions_restart_route(server: MockServer) -> None:
+    server.route("POST", "/session/s1/restart", httpx.Response(200, json={"ok": True, "restarted": True}))
+    assert make(server, "s1", stateful=True).restart() == {"ok": True, "restarted": True}
+    assert server.paths() == ["POST /session/s1/restart"]
+    assert server.requests[0].content == b""
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "cls"),
+    [(400, "validation_error", BadRequestError), (404, "not_found", NotFoundError),
+     (409, "session_busy", ConflictError)],
+)
+def test_restart_raises_the_servers_refusal(
+    server: MockServer, status: int, code: str, cls: type[Isol8Error]
+) -> None:
+    server.route("POST", "/session/s1/restart", error(status, "Refused", code))
+    with pytest.raises(cls, match="Refused"):
+        make(server, "s1").restart()
+
+
+def test_restart_needs_a_session(server: MockServer) -> None:
+    with pytest.raises(ValueError, match="restart"):
+        make(server).restart()
+    assert server.requests == []
+
+
+def test_get_execution_reads_the_whole_result_from_the_history(server: MockServer) -> None:
+    record = result_json(value={"text/plain": "2"}, code="1 + 1", sessionId="s1")
+    server.route("GET", "/executions/e-1", httpx.Response(200, json=record))
+    result = make(server, "s1").get_execution("e-1")
+    assert (result.execution_id, result.value) == ("e-1", {"text/plain": "2"})
+
+
+def test_async_client_is_stateful_restarts_and_reads_cells(server: MockServer) -> None:
+    server.route("POST", "/execute", httpx.Response(200, json=result_json(value={"text/plain": "42"})))
+    server.route("POST", "/execute/stream", httpx.Response(200, content=sse(
+        {"type": "display", "data": BUNDLE}, {"type": "exit", "data": "0"})))
+    server.route("POST", "/session/s1/restart", httpx.Response(200, json={"ok": True, "restarted": True}))
+    server.route("GET", "/executions/e-1", httpx.Response(200, json=result_json(outputs=[{"data": BUNDLE}])))
+
+    async def scenario() -> None:
+        client = make_async(server, "s1", stateful=True)
+        assert (await client.execute("x")).value == {"text/plain": "42"}
+        assert [e.data async for e in client.execute_stream("y")] == [BUNDLE, "0"]
+        assert await client.restart() == {"ok": True, "restarted": True}
+        assert (await client.get_execution("e-1")).outputs == [{"data": BUNDLE}]
+        with pytest.raises(ValueError, match="restart"):
+            await make_async(server).restart()
+        await client.close()
+
+    asyncio.run(scenario())
+    assert [body["stateful"] for body in server.bodies("/execute") + server.bodies("/execute/stream")] == [
+        True, True]
 
 
 # -- the async twin -------------------------------------------------------------------------

@@ -211,6 +211,22 @@ def test_interactive_without_tty_or_session_leaves_both_out() -> None:
     assert fake.received == [{"type": "execute", "request": {"runtime": "bash", "cmd": "cat"}}]
 
 
+def test_stateful_client_sends_stateful_in_the_execute_message_and_reads_display_events() -> None:
+    bundle = {"text/html": "<b>hi</b>", "text/plain": "hi"}
+
+    def script(peer: Peer) -> None:
+        peer.recv()
+        peer.ws.send(json.dumps({"type": "display", "data": bundle, "phase": "code"}))
+        peer.send("novel", "from a newer server")  # an unknown type: skipped
+        peer.send("exit", "0", phase="code")
+
+    with fake_isol8(script) as fake, RemoteIsol8(fake.url, KEY, "s1", stateful=True).interactive("show()") as run:
+        events = list(run)
+    assert fake.received == [{"type": "execute", "request": {"runtime": "python", "code": "show()"},
+                              "sessionId": "s1", "stateful": True}]
+    assert events == [StreamEvent("display", bundle, "code"), exit_event("0")]
+
+
 # -- events and controls -------------------------------------------------------------------
 
 
@@ -406,7 +422,7 @@ def test_execute_stream_feeds_an_iterable_over_the_websocket_while_events_are_re
         for event in stream:
             events.append(event)
             if event.type == "stdout":
-                echoed.put(event.data)
+                echoed.put(event.text)
     assert fake.received == [
         {"type": "execute", "request": {"runtime": "python", "code": "import sys; print(sys.stdin.read())"},
          "sessionId": "s1"},

@@ -15,7 +15,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from sandbox import config as sandbox_config
 from sandbox.containers import docker_ping
 from sandbox.errors import SandboxError
-from sandbox.images import build_image, build_prebuilt_images, ensure_base_image
+from sandbox.images import build_image, build_prebuilt_images, build_science_image, ensure_base_image
 from sandbox.runtimes import RUNTIME_NAMES
 
 
@@ -42,6 +42,8 @@ class Command(BaseCommand):
                 return
             for runtime in runtimes:
                 build_image(runtime, log=self.stdout.write, force=opts["force"])
+            if "python" in runtimes:
+                build_science_image(log=self.stdout.write, force=opts["force"])
             build_prebuilt_images(self.stdout.write)
         except SandboxError as exc:
             raise CommandError(str(exc)) from exc
