@@ -156,7 +156,7 @@ class ExecuteSocket(AsyncWebsocketConsumer):
                 text_data=error_message("One execution per connection; open another one for the next", "bad_request")
             )
             return
-        body = {key: message[key] for key in ("request", "options", "sessionId") if key in message}
+        body = {key: message[key] for key in ("request", "options", "sessionId", "stateful") if key in message}
         bound = self.principal.scope
         if bound is not None and session_scope(str(body.get("sessionId"))) != bound:
             await self.send(text_data=error_message(

@@ -245,6 +245,7 @@ class OutputCollector:
             self.publish(stream.name, text + truncation_marker(seen, limit), stream.phase)
 
     def finish(self) -> None:
+        """Publish what each stream held back (a secret's possible start, a split character)."""
         for stream in self.streams.values():
             text = stream.feed(b"", final=True)
             if text and self.publish is not None:
@@ -372,6 +373,7 @@ def run_in_sandbox(
             elif frame.kind == "d" and cell is not None:
                 shown = cell.display(frame.payload)
                 if shown is not None and publish is not None:
+                    collector.finish()  # what the cell printed before the display goes first
                     publish("display", shown, "code")
             elif frame.kind == "x":
                 handle.close_input()

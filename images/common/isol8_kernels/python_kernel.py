@@ -3,7 +3,8 @@
 Started by the launcher (isol8_launcher/kernel.py) as the code user. Cells come
 on fd 3, one JSON line each (``{"id", "code", "env"}``); events go to fd 4, one
 JSON line each: ``ready`` once, ``display`` for each ``display(...)`` call and
-each matplotlib figure, ``done`` after each cell with its value and its
+each matplotlib figure (then an empty line on fd 3 says the launcher read what
+was printed before it), ``done`` after each cell with its value and its
 exception. stdout and stderr are the cell's output, flushed before every event.
 
 A cell runs like a notebook's: its statements, then the value of a trailing
@@ -79,7 +80,8 @@ class Kernel:
     def display(self, *objs: Any) -> None:
         """``display(obj, ...)``: one display event per object (its MIME bundle)."""
         for obj in objs:
-            self.emit({"type": "display", "data": mime_bundle(obj)})
+            self.emit({"type": "display", "data": mime_bundle(obj), "ack": True})
+            self.cells.readline()  # the launcher read what the cell printed before: the order is kept
 
     def show_figures(self) -> None:
         """Every open matplotlib figure as a display, then closed (a cell's plots, shown or left open)."""
@@ -104,7 +106,8 @@ class Kernel:
                 line = self.cells.readline()
                 if not line:
                     return  # the launcher closed the cell pipe: the session ends
-                self.cell(json.loads(line))
+                if line.strip():  # not a display's acknowledgement that came after an interrupt
+                    self.cell(json.loads(line))
             except KeyboardInterrupt:
                 # An interrupt that came after the cell was reported: nothing to stop.
                 signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -12,7 +12,9 @@ The kernel gets four descriptors besides its stdin (at EOF):
            code, ``export`` lines first, ending in a NUL byte)
     4      events, to us: JSON lines ``ready``, ``display`` (a MIME bundle) and
            one ``done`` per cell (its value, its exception), written after the
-           cell's output was flushed
+           cell's output was flushed. A display with ``"ack": true`` waits for
+           an empty line on 3, sent once the output before it was read: the
+           stream keeps the cell's order although the pipes are separate
 
 What comes on 4 is the code user's to write, so it is parsed as untrusted
 input: bounded lines, unknown or malformed ones dropped. A display becomes a
@@ -133,7 +135,7 @@ class Kernel:
             view = view[os.write(self.cells_w, view) :]
 
     def interrupt(self) -> None:
-        """SIGINT to the kernel's process group (the cell's children with it)."""
+        """SIGINT to the kernel's process group (the cell's children with it); call it as the code user."""
         try:
             os.killpg(self.proc.pid, signal.SIGINT)
         except (ProcessLookupError, PermissionError):
@@ -392,7 +394,11 @@ class CellRun(ProgramRun):
     def _interrupt(self) -> None:
         if self.interrupted_at is None:
             self.interrupted_at = time.monotonic()
-            self.kernel.interrupt()
+            try:
+                # As the code user: the launcher has no right to signal its processes otherwise.
+                self.cells.as_code_user(self.kernel.interrupt)
+            except OpError:
+                pass  # nothing of the code user's left to signal: its end is seen next
 
     def _cancel(self) -> None:
         self._interrupt()
@@ -414,6 +420,8 @@ class CellRun(ProgramRun):
                 self.kernel.ready = True
             elif kind == "display" and isinstance(event.get("data"), dict):
                 self._display(event["data"])
+                if event.get("ack"):
+                    self._ack()
             elif kind == "done":
                 self.done = event
         if self.kernel.events.closed:
@@ -430,6 +438,13 @@ class CellRun(ProgramRun):
         # reading the pipes first keeps the frames in the order of the cell.
         self._drain_now()
         self.cells.writer.send(b"d", payload)
+
+    def _ack(self) -> None:
+        """The kernel waits after a display until we read what it printed before (python does)."""
+        try:
+            os.write(self.kernel.cells_w, b"\n")
+        except OSError:
+            pass  # it is gone: its end is seen next
 
     def _died(self, _: int) -> None:
         self.died = True

@@ -124,7 +124,7 @@ def test_an_exception_is_structured_with_the_cells_frames_and_kept_in_history(ap
     assert '"<cell' in trace and "python_kernel" not in trace and "isol8" not in trace
     assert "KeyError: 'missing'" in result["stderr"]
     record = api.get(f"/executions/{result['executionId']}").json()
-    assert record["result"]["exception"]["ename"] == "KeyError"
+    assert record["exception"]["ename"] == "KeyError" and record["stateLost"] is False
 
 
 # ------------------------------------------------------------------- edges
@@ -135,7 +135,7 @@ def test_a_timed_out_loop_is_interrupted_and_the_state_is_kept(api, launcher):
     started = time.monotonic()
     result = cell(api, "tmo", "while True:\n    pass", timeoutMs=1000)
     assert time.monotonic() - started < 10
-    assert result["status"] == "timeout" and result["stateLost"] is False
+    assert result["status"] == "timeout" and result["stateLost"] is False, result
     assert "KeyboardInterrupt" in result["stderr"]
     assert text(cell(api, "tmo", "kept")) == "'yes'"
 
@@ -222,8 +222,8 @@ def test_sse_carries_display_events_in_order(api, launcher):
     assert before < kinds.index("display") < after
     execution_id = source.response.headers["X-Execution-Id"]
     record = api.get(f"/executions/{execution_id}").json()
-    assert record["result"]["value"] == {"text/plain": "42"}
-    assert record["result"]["outputs"] == [{"type": "display", "data": {"text/plain": "{'a': 1}"}}]
+    assert record["value"] == {"text/plain": "42"}
+    assert record["outputs"] == [{"type": "display", "data": {"text/plain": "{'a': 1}"}}]
 
 
 def test_websocket_runs_cells_with_display_events(launcher, api_key):

@@ -96,6 +96,8 @@ class Driver:
             event = self.event(timeout)
             if event["type"] == "done":
                 break
+            if event.get("ack"):
+                os.write(self.cells_w, b"\n")  # as the launcher does once it read the output before it
             displays.append(event)
         return event, displays, self._since(self.out, start_out), self._since(self.err, start_err)
 

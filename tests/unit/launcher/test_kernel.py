@@ -24,7 +24,7 @@ from isol8_launcher.kernel import Cells, EventReader
 from isol8_launcher.procs import CodeUser
 from isol8_launcher.run import Runner
 
-from tests.unit.launcher.support import FramePipe, Programs, end_of_run, kinds, parse_frames, payloads
+from tests.unit.launcher.support import FramePipe, Programs, end_of_run, parse_frames, payloads
 
 FAKE_KERNEL = textwrap.dedent(
     """
@@ -38,10 +38,12 @@ FAKE_KERNEL = textwrap.dedent(
             raise KeyboardInterrupt
     signal.signal(signal.SIGINT, on_sigint)
     def display(obj):
-        events.write(json.dumps({"type": "display", "data": {"text/plain": repr(obj)}}) + "\\n")
+        sys.stdout.flush()
+        events.write(json.dumps({"type": "display", "data": {"text/plain": repr(obj)}, "ack": True}) + "\\n")
+        assert cells.readline() == "\\n"  # the launcher read the output before the display
     state["display"] = display
     events.write('{"type": "ready"}\\n')
-    for line in cells:
+    while line := cells.readline():
         cell = json.loads(line)
         os.environ.update(cell["env"])
         value, exc = None, None
@@ -147,7 +149,9 @@ def test_displays_come_as_d_frames_in_order_with_the_output(cells: Cells, frames
     assert outcome["exitCode"] == 0
     shown = [json.loads(f.payload) for f in got if f.kind == "d"]
     assert shown == [{"text/plain": "1"}, {"text/plain": "2"}]
-    assert kinds(got).index("d") > kinds(got).index("o")
+    # The kernel waited for the launcher after each display: "b" cannot overtake the first.
+    order = [(f.kind, f.payload) for f in got if f.kind in ("o", "d")]
+    assert order == [("o", b"a\n"), ("d", b'{"text/plain": "1"}'), ("o", b"b\n"), ("d", b'{"text/plain": "2"}')]
 
 
 def test_an_exception_is_exit_code_1_with_the_kernels_exception(cells: Cells, frames: FramePipe) -> None:
@@ -159,7 +163,10 @@ def test_an_exception_is_exit_code_1_with_the_kernels_exception(cells: Cells, fr
 
 def test_a_timed_out_cell_is_interrupted_and_the_state_kept(cells: Cells, frames: FramePipe) -> None:
     run_cell(cells, frames, "x = 7\n")
+    acting = []
+    cells.as_code_user = lambda fn: (acting.append(fn.__name__), fn())[1]
     outcome, _ = run_cell(cells, frames, "while True: pass\n", timeoutMs=300)
+    assert acting == ["interrupt"]  # as the code user: in a sandbox the launcher may not signal it otherwise
     assert outcome["timedOut"] is True and outcome["exitCode"] == 137
     assert outcome["stateLost"] is False
     assert outcome["exception"]["ename"] == "KeyboardInterrupt"
