@@ -163,8 +163,13 @@ def test_an_exception_is_exit_code_1_with_the_kernels_exception(cells: Cells, fr
 
 def test_a_timed_out_cell_is_interrupted_and_the_state_kept(cells: Cells, frames: FramePipe) -> None:
     run_cell(cells, frames, "x = 7\n")
-    acting = []
-    cells.as_code_user = lambda fn: (acting.append(fn.__name__), fn())[1]
+    acting: list[str] = []
+
+    def as_code_user(fn: Any) -> Any:
+        acting.append(fn.__name__)
+        return fn()
+
+    cells.as_code_user = as_code_user
     outcome, _ = run_cell(cells, frames, "while True: pass\n", timeoutMs=300)
     assert acting == ["interrupt"]  # as the code user: in a sandbox the launcher may not signal it otherwise
     assert outcome["timedOut"] is True and outcome["exitCode"] == 137
