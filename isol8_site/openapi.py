@@ -90,8 +90,13 @@ STREAM_EVENT = {
     "description": "One `data:` line of an event stream (and one WebSocket message).",
     "required": ["type", "data", "phase"],
     "properties": {
-        "type": {"type": "string", "enum": ["stdout", "stderr", "exit", "error"]},
-        "data": {"type": "string", "description": "Output text, the exit code (for `exit`), or the error."},
+        "type": {"type": "string", "enum": ["stdout", "stderr", "display", "exit", "error"]},
+        "data": {
+            "oneOf": [{"type": "string"}, {"type": "object", "additionalProperties": True}],
+            "description": "Output text, the exit code (for `exit`), or the error; for `display` (a stateful "
+                           "session's cell) the MIME bundle, an object: `{\"image/png\": \"<base64>\", "
+                           "\"text/plain\": \"...\"}`.",
+        },
         "phase": {"type": "string", "enum": ["setup", "code"]},
     },
 }
@@ -103,7 +108,7 @@ EVENT_STREAM_BODY = {
         "type": "object",
         "required": ["data"],
         "properties": {
-            "event": {"type": "string", "enum": ["stdout", "stderr", "exit", "error"]},
+            "event": {"type": "string", "enum": ["stdout", "stderr", "display", "exit", "error"]},
             "id": {"type": "string", "description": "Give it as Last-Event-ID to resume after this event."},
             "data": {"type": "string", "description": "A StreamEvent (components/schemas/StreamEvent) as JSON."},
         },

@@ -350,6 +350,8 @@ def read_source(args: argparse.Namespace) -> dict[str, Any]:
         source.update(cmd=args.cmd, runtime=args.runtime or "bash")
     elif args.file:
         source.update(code=_read_file(args.file), **_file_runtime(args.file, args.runtime))
+        if args.stateful:
+            source.pop("file_extension", None)  # a cell is not a file: the server refuses one
     else:
         code = args.code if args.code is not None else sys.stdin.read()
         if not code.strip():

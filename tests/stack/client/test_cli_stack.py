@@ -360,3 +360,28 @@ def test_shell_is_a_terminal_in_the_session_and_its_files_stay(env: dict[str, st
     got = isol8("file", "get", "/sandbox/answer.txt", "-", "--session-id", session, env=env)
     assert (got.returncode, got.stdout) == (0, "42\n")
     assert isol8("sessions", "stop", session, env=env).returncode == 0
+
+
+# -- stateful sessions -------------------------------------------------------------------
+
+
+def test_stateful_cells_print_their_value_and_save_the_plots(stack: Stack, env: dict[str, str],
+                                                             tmp_path: Path) -> None:
+    if stack.mode != "launcher":
+        pytest.skip("stateful sessions run in launcher mode")
+    first = isol8("run", "-e", "x = 41", "--session", "nb-cli", "--stateful", env=env)
+    assert (first.returncode, first.stdout) == (0, ""), first.stderr
+    second = isol8("run", "-e", "x + 1", "--session", "nb-cli", "--stateful", env=env)
+    assert (second.returncode, second.stdout) == (0, "42\n"), second.stderr
+    plot = tmp_path / "plot.py"
+    plot.write_text("import matplotlib.pyplot as plt\nplt.figure(figsize=(2, 1), dpi=50)\nplt.plot([1, 2])\n"
+                    "print('drawn')\n")
+    saved = isol8("run", str(plot), "--session", "nb-cli", "--stateful", "--save-outputs", str(tmp_path / "out"),
+                  env=env)
+    assert saved.returncode == 0 and saved.stdout == "drawn\n", saved.stderr
+    image = tmp_path / "out" / "output-1.png"
+    assert str(image) in saved.stderr
+    assert image.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert struct.unpack(">II", image.read_bytes()[16:24]) == (100, 50)
+    failed = isol8("run", "-e", "1 / 0", "--session", "nb-cli", "--stateful", env=env)
+    assert failed.returncode == 1 and "ZeroDivisionError" in failed.stderr

@@ -210,3 +210,18 @@ def test_async_session_state_files_and_session_listing(stack: Stack, api_key: st
             await other.delete_session(name)  # deleting a gone session is fine
 
     asyncio.run(scenario())
+
+
+def test_stateful_client_cells_values_displays_and_restart(stack: Stack, api_key: str) -> None:
+    if stack.mode != "launcher":
+        pytest.skip("stateful sessions run in launcher mode")
+    with RemoteIsol8(stack.url, api_key, session_id="nb-client", stateful=True) as isol8:
+        assert isol8.execute("import math\nr = 2").value is None
+        result = isol8.execute("print('area')\nround(math.pi * r * r, 2)")
+        assert result.stdout == "area" and result.value == {"text/plain": "12.57"} and result.state_lost is False
+        events = list(isol8.execute_stream("display('shown')\nr"))
+        assert [e.data for e in events if e.type == "display"] == [{"text/plain": "'shown'"}]
+        failed = isol8.execute("r / 0")
+        assert failed.exception is not None and failed.exception["ename"] == "ZeroDivisionError"
+        assert isol8.restart() == {"ok": True, "restarted": True}
+        assert isol8.execute("'r' in globals()").value == {"text/plain": "False"}
