@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from django.contrib import admin
@@ -13,6 +14,9 @@ from django.utils.safestring import SafeString
 
 from executions import events
 from executions.models import FINISHED, Execution, WebhookAttempt
+
+# A display's PNG goes into an <img src="data:..."> only when it is plain base64.
+BASE64 = re.compile(r"[A-Za-z0-9+/]*={0,2}")
 
 # The landing page is the operator dashboard (runs by status, latency, top
 # tenants, sandboxes per host) above the usual app list; the template draws it
@@ -49,7 +53,7 @@ class ExecutionAdmin(admin.ModelAdmin):
         "request", "limits", "streamed", "stdout", "stderr", "stdout_truncated", "stderr_truncated",
         "stdout_bytes", "stderr_bytes", "timed_out", "files", "created_at", "started_at",
         "finished_at", "duration_ms", "worker_host", "container_id", "batch_id", "callback_url",
-        "network_log_table",
+        "network_log_table", "cell_result",
     )
     inlines = [WebhookAttemptInline]
     fieldsets = (
@@ -57,6 +61,7 @@ class ExecutionAdmin(admin.ModelAdmin):
         ("Request", {"fields": ("program", "request", "limits", "streamed", "batch_id", "callback_url")}),
         ("Output", {"fields": ("stdout", "stderr", "stdout_truncated", "stderr_truncated",
                                "stdout_bytes", "stderr_bytes", "timed_out", "files")}),
+        ("Stateful cell", {"fields": ("cell_result",)}),
         ("Network (filtered)", {"fields": ("network_log_table",)}),
         ("Timing and placement", {"fields": ("created_at", "started_at", "finished_at", "duration_ms",
                                              "worker_host", "container_id")}),
@@ -127,6 +132,28 @@ class ExecutionAdmin(admin.ModelAdmin):
             "<th>action</th><th>reason</th><th>bytes up / down</th><th>ms</th></tr></thead>"
             "<tbody>{}</tbody></table>",
             summary, rows,
+        )
+
+    @admin.display(description="cell result")
+    def cell_result(self, obj: Execution) -> SafeString | str:
+        """A stateful session's cell: its value's text, its exception, its displays (PNGs drawn), stateLost."""
+        cell = obj.cell
+        if not isinstance(cell, dict):
+            return "-"
+        value: dict[str, Any] = cell["value"] if isinstance(cell.get("value"), dict) else {}
+        exception = cell.get("exception") if isinstance(cell.get("exception"), dict) else None
+        outputs = [o.get("data") for o in cell.get("outputs") or [] if isinstance(o, dict)]
+        images = format_html_join("", '<img class="isol8-display" alt="display {}" src="data:image/png;base64,{}">', (
+            (n, data["image/png"]) for n, data in enumerate([*outputs, value], 1)
+            if isinstance(data, dict) and isinstance(data.get("image/png"), str)
+            and BASE64.fullmatch(data["image/png"])
+        ))
+        return format_html(
+            '<p>value: <code>{}</code>; {} display(s); state lost: {}</p>{}<div>{}</div>',
+            str(value.get("text/plain", "-"))[:2000], len(outputs), "yes" if cell.get("stateLost") else "no",
+            format_html("<p>exception: <code>{}: {}</code></p>", exception.get("ename"), exception.get("evalue"))
+            if exception else "",
+            images,
         )
 
     @admin.display(description="session")

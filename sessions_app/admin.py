@@ -32,13 +32,13 @@ TERMINAL_COMMAND = "bash -i"
 @admin.register(Session)
 class SessionAdmin(admin.ModelAdmin):
     list_display = (
-        "session_id", "tenant", "runtime", "worker_host", "state", "age", "last_used_at", "busy",
+        "session_id", "tenant", "runtime", "stateful", "worker_host", "state", "age", "last_used_at", "busy",
     )
-    list_filter = ("state", "runtime", "tenant", "worker_host")
+    list_filter = ("state", "runtime", "stateful", "tenant", "worker_host")
     list_select_related = ("tenant",)
     search_fields = ("session_id", "tenant__slug", "container_id")
     readonly_fields = (
-        "tenant", "session_id", "runtime", "state", "state_reason", "container_id", "worker_host",
+        "tenant", "session_id", "runtime", "stateful", "state", "state_reason", "container_id", "worker_host",
         "limits", "busy_execution", "created_at", "last_used_at", "executions_link", "terminal_link",
     )
     fields = readonly_fields

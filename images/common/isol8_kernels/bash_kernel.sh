@@ -11,7 +11,8 @@
 # the next cell says stateLost.
 
 # The pipes move to descriptors the cell's commands do not inherit by accident.
-exec {__isol8_cells}<&3 {__isol8_events}>&4 3<&- 4>&-
+# (5, the launcher's acknowledgements of displays, is not used: bash has no displays.)
+exec {__isol8_cells}<&3 {__isol8_events}>&4 3<&- 4>&- 5<&-
 readonly __isol8_cells __isol8_events
 
 __isol8_cell() {

@@ -2,8 +2,9 @@
 //
 // Started by the launcher (isol8_launcher/kernel.py) as the code user. Cells come
 // on fd 3, one JSON line each ({"id", "code", "env"}); events go to fd 4, one JSON
-// line each: "ready" once, "display" for each display(...) call, "done" after each
-// cell with its value (util.inspect as text/plain) and its exception.
+// line each: "ready" once, "display" for each display(...) call (then the launcher's
+// byte on fd 5), "done" after each cell with its value (util.inspect as text/plain)
+// and its exception.
 //
 // node's REPL evaluates the cells: let/const and functions persist between cells,
 // top-level await works, builtin modules are globals, `require` works. SIGINT (the
@@ -19,6 +20,7 @@ const { PassThrough, Writable } = require("stream");
 
 const CELL_FD = 3;
 const EVENTS_FD = 4;
+const ACK_FD = 5;
 const MAX_TEXT = 1024 * 1024;
 const KERNEL_FILE = __filename;
 
@@ -49,9 +51,16 @@ function isBundle(value) {
 }
 
 // display(value): its text/plain. display({"text/html": ...}, {raw: true}): that MIME bundle.
+// Synchronous: what the cell printed before is in the pipe (stdout and stderr block),
+// and the launcher's byte on fd 5 says it read it, so the stream keeps the order.
 function display(value, options) {
   const data = options && options.raw && isBundle(value) ? value : { "text/plain": plain(value) };
-  flushed().then(() => emit({ type: "display", data }));
+  emit({ type: "display", data, ack: true });
+  try {
+    fs.readSync(ACK_FD, Buffer.alloc(1));
+  } catch (err) {
+    if (err.code !== "EAGAIN" && err.code !== "EBADF") throw err;
+  }
 }
 
 // The user's frames of a stack: the kernel's, the REPL's and node's own are left out.
@@ -169,4 +178,8 @@ class Kernel {
   }
 }
 
+// Output is written before the call that wrote it returns (node buffers pipe writes otherwise).
+for (const stream of [process.stdout, process.stderr]) {
+  if (stream._handle && typeof stream._handle.setBlocking === "function") stream._handle.setBlocking(true);
+}
 new Kernel().serve();

@@ -3,8 +3,8 @@
 Started by the launcher (isol8_launcher/kernel.py) as the code user. Cells come
 on fd 3, one JSON line each (``{"id", "code", "env"}``); events go to fd 4, one
 JSON line each: ``ready`` once, ``display`` for each ``display(...)`` call and
-each matplotlib figure (then an empty line on fd 3 says the launcher read what
-was printed before it), ``done`` after each cell with its value and its
+each matplotlib figure (then a byte on fd 5 says the launcher read what was
+printed before it), ``done`` after each cell with its value and its
 exception. stdout and stderr are the cell's output, flushed before every event.
 
 A cell runs like a notebook's: its statements, then the value of a trailing
@@ -32,7 +32,7 @@ import traceback
 import types
 from typing import Any
 
-CELL_FD, EVENTS_FD = 3, 4
+CELL_FD, EVENTS_FD, ACK_FD = 3, 4, 5
 KERNELS_DIR = os.path.dirname(os.path.abspath(__file__))
 # Prebuilt in the python-science image (its font list): copied to a writable place.
 MPL_PREBUILT = "/opt/isol8/matplotlib"
@@ -54,9 +54,10 @@ BINARY_TYPES = {"image/png", "image/jpeg"}
 class Kernel:
     """The cell loop: read a cell, run it in the user's namespace, report it."""
 
-    def __init__(self, cells: int, events: int) -> None:
+    def __init__(self, cells: int, events: int, acks: int) -> None:
         self.cells = os.fdopen(cells, "rb")
         self.events = events
+        self.acks = acks
         self.module = types.ModuleType("__main__")
         self.module.__dict__["__builtins__"] = builtins
         self.namespace = self.module.__dict__
@@ -81,7 +82,7 @@ class Kernel:
         """``display(obj, ...)``: one display event per object (its MIME bundle)."""
         for obj in objs:
             self.emit({"type": "display", "data": mime_bundle(obj), "ack": True})
-            self.cells.readline()  # the launcher read what the cell printed before: the order is kept
+            os.read(self.acks, 1)  # the launcher read what the cell printed before: the order is kept
 
     def show_figures(self) -> None:
         """Every open matplotlib figure as a display, then closed (a cell's plots, shown or left open)."""
@@ -106,8 +107,7 @@ class Kernel:
                 line = self.cells.readline()
                 if not line:
                     return  # the launcher closed the cell pipe: the session ends
-                if line.strip():  # not a display's acknowledgement that came after an interrupt
-                    self.cell(json.loads(line))
+                self.cell(json.loads(line))
             except KeyboardInterrupt:
                 # An interrupt that came after the cell was reported: nothing to stop.
                 signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -260,7 +260,7 @@ def _matplotlib_defaults() -> None:
 
 
 def main() -> None:
-    kernel = Kernel(_private_fd(CELL_FD), _private_fd(EVENTS_FD))
+    kernel = Kernel(_private_fd(CELL_FD), _private_fd(EVENTS_FD), _private_fd(ACK_FD))
     sys.modules["isol8_kernel"] = sys.modules[__name__]
     sys.modules["__main__"] = kernel.module  # pickle, dataclasses and doctest see the user's namespace
     sys.path.insert(0, KERNELS_DIR)  # isol8_mpl_backend

@@ -12,9 +12,11 @@ The kernel gets four descriptors besides its stdin (at EOF):
            code, ``export`` lines first, ending in a NUL byte)
     4      events, to us: JSON lines ``ready``, ``display`` (a MIME bundle) and
            one ``done`` per cell (its value, its exception), written after the
-           cell's output was flushed. A display with ``"ack": true`` waits for
-           an empty line on 3, sent once the output before it was read: the
-           stream keeps the cell's order although the pipes are separate
+           cell's output was flushed
+    5      acknowledgements, from us: after a display with ``"ack": true`` the
+           kernel waits for one byte here, sent once the output written before
+           the display was read: the stream keeps the cell's order although
+           output and displays come through separate pipes
 
 What comes on 4 is the code user's to write, so it is parsed as untrusted
 input: bounded lines, unknown or malformed ones dropped. A display becomes a
@@ -50,7 +52,7 @@ KERNEL_ARGV = {
     "node": ["node", f"{KERNELS_DIR}/node_kernel.js"],
     "bash": ["bash", f"{KERNELS_DIR}/bash_kernel.sh"],
 }
-CELL_FD, EVENTS_FD = 3, 4
+CELL_FD, EVENTS_FD, ACK_FD = 3, 4, 5
 # One event line (a display with a large image) may be this long; longer ones are dropped.
 MAX_EVENT_BYTES = 32 * 1024 * 1024
 INTERRUPT_GRACE_SECONDS = 2.0
@@ -107,10 +109,11 @@ def _parse_event(line: bytes) -> dict[str, Any] | None:
 class Kernel:
     """One started interpreter: its process, its cell pipe, its event pipe, and how many cells it ran."""
 
-    def __init__(self, runtime: str, proc: Process, cells_w: int, events: EventReader) -> None:
+    def __init__(self, runtime: str, proc: Process, cells_w: int, events: EventReader, acks_w: int = -1) -> None:
         self.runtime = runtime
         self.proc = proc
         self.cells_w = cells_w
+        self.acks_w = acks_w
         self.events = events
         self.cells = 0
         self.ready = False
@@ -148,7 +151,7 @@ class Kernel:
                 self.status = os.waitpid(self.proc.pid, 0)[1]
             except ChildProcessError:
                 self.status = 0
-        for fd in (self.cells_w, self.events.fd, self.proc.stdout, self.proc.stderr, self.proc.pidfd):
+        for fd in (self.cells_w, self.acks_w, self.events.fd, self.proc.stdout, self.proc.stderr, self.proc.pidfd):
             try:
                 os.close(fd)
             except OSError:
@@ -216,16 +219,23 @@ class Cells:
         assert self.config is not None
         cells_r, cells_w = os.pipe2(os.O_CLOEXEC)
         events_r, events_w = os.pipe2(os.O_CLOEXEC)
+        acks_r, acks_w = os.pipe2(os.O_CLOEXEC)
         try:
             proc = self.spawn(self.config["argv"], self.config["env"], self.runner.home,
-                              {CELL_FD: cells_r, EVENTS_FD: events_w})
+                              {CELL_FD: cells_r, EVENTS_FD: events_w, ACK_FD: acks_r})
+        except BaseException:
+            os.close(cells_w)
+            os.close(events_r)
+            os.close(acks_w)
+            raise
         finally:
             os.close(cells_r)
             os.close(events_w)
+            os.close(acks_r)
         os.close(proc.stdin)  # the kernel's stdin is at EOF: cells have none
         for fd in (proc.stdout, proc.stderr, events_r):
             os.set_blocking(fd, False)
-        return Kernel(self.config["runtime"], proc._replace(stdin=-1), cells_w, EventReader(events_r))
+        return Kernel(self.config["runtime"], proc._replace(stdin=-1), cells_w, EventReader(events_r), acks_w)
 
     def _discard(self) -> None:
         if self.kernel is not None:
@@ -442,7 +452,7 @@ class CellRun(ProgramRun):
     def _ack(self) -> None:
         """The kernel waits after a display until we read what it printed before (python does)."""
         try:
-            os.write(self.kernel.cells_w, b"\n")
+            os.write(self.kernel.acks_w, b"\n")
         except OSError:
             pass  # it is gone: its end is seen next
 

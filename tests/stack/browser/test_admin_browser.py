@@ -181,3 +181,26 @@ def test_a_filtered_runs_network_log_and_the_tenants_egress_show_in_the_admin(ad
     text = admin_page.inner_text("body")
     assert "2 connections (1 allowed, 1 blocked)" in text, text[-2000:]
     screenshot(admin_page, "admin-tenant-egress")
+
+
+def test_a_stateful_cells_page_shows_its_value_exception_and_plot(admin_page, stack, api_key):
+    if stack.mode != "launcher":
+        pytest.skip("stateful sessions run in launcher mode")
+    code = ("import matplotlib.pyplot as plt\nplt.figure(figsize=(3, 2), dpi=40)\nplt.plot([1, 3, 2])\n"
+            "plt.show()\n6 * 7")
+    with stack.client(api_key) as api:
+        plotted = run(api, {"runtime": "python", "code": code}, sessionId="admin-nb", stateful=True).json()
+        failed = run(api, {"runtime": "python", "code": "{}['k']"}, sessionId="admin-nb").json()
+    admin_page.goto(f"{stack.url}/admin/executions/execution/{plotted['executionId']}/change/")
+    assert_styled(admin_page)
+    text = admin_page.inner_text("body")
+    assert "value: 42; 1 display(s); state lost: no" in text, text[-2000:]
+    image = admin_page.locator("img.isol8-display")
+    assert image.count() == 1
+    assert image.evaluate("img => [img.complete, img.naturalWidth, img.naturalHeight]") == [True, 120, 80]
+    screenshot(admin_page, "admin-execution-stateful-cell")
+    admin_page.goto(f"{stack.url}/admin/executions/execution/{failed['executionId']}/change/")
+    assert "exception: KeyError: 'k'" in admin_page.inner_text("body")
+    admin_page.goto(f"{stack.url}/admin/sessions_app/session/?stateful__exact=1")
+    assert_styled(admin_page)
+    assert "admin-nb" in admin_page.inner_text("#result_list")

@@ -206,15 +206,22 @@ def test_exec_mode_refuses_stateful_with_a_sentence(api, stack):
 # -------------------------------------------------------------- transports
 
 
-def test_sse_carries_display_events_in_order(api, launcher):
-    code = "print('before')\ndisplay({'a': 1})\nprint('after')\n7 * 6"
-    body = {"request": {"runtime": "python", "code": code}, "sessionId": "sse", "stateful": True}
+DISPLAY_CELLS = {
+    "python": ("print('before')\ndisplay({'a': 1})\nprint('after')\n7 * 6", "{'a': 1}"),
+    "node": ("console.log('before');\ndisplay({a: 1});\nconsole.log('after');\n7 * 6", "{ a: 1 }"),
+}
+
+
+@pytest.mark.parametrize("runtime", sorted(DISPLAY_CELLS))
+def test_sse_carries_display_events_in_order(api, launcher, runtime):
+    code, shown = DISPLAY_CELLS[runtime]
+    body = {"request": {"runtime": runtime, "code": code}, "sessionId": f"sse-{runtime}", "stateful": True}
     with connect_sse(api, "POST", "/execute/stream", json=body) as source:
         events = [(sse.event, sse.json()) for sse in source.iter_sse()]
     kinds = [kind for kind, _ in events]
     assert kinds.index("display") > 0 and kinds[-1] == "exit"
     display = next(data for kind, data in events if kind == "display")
-    assert display["data"] == {"text/plain": "{'a': 1}"} and display["phase"] == "code"
+    assert display["data"] == {"text/plain": shown} and display["phase"] == "code"
     out = "".join(data["data"] for kind, data in events if kind == "stdout")
     assert out.startswith("before") and out.index("before") < out.index("after")
     before = next(i for i, (k, d) in enumerate(events) if k == "stdout" and "before" in d["data"])
@@ -223,7 +230,7 @@ def test_sse_carries_display_events_in_order(api, launcher):
     execution_id = source.response.headers["X-Execution-Id"]
     record = api.get(f"/executions/{execution_id}").json()
     assert record["value"] == {"text/plain": "42"}
-    assert record["outputs"] == [{"type": "display", "data": {"text/plain": "{'a': 1}"}}]
+    assert record["outputs"] == [{"type": "display", "data": {"text/plain": shown}}]
 
 
 def test_websocket_runs_cells_with_display_events(launcher, api_key):

@@ -40,20 +40,23 @@ class Driver:
         self.runtime = runtime
         cells_r, self.cells_w = os.pipe()
         self.events_r, events_w = os.pipe()
+        acks_r, self.acks_w = os.pipe()
         self.out = open(workdir / "stdout", "w+b")  # noqa: SIM115 - closed in stop()
         self.err = open(workdir / "stderr", "w+b")  # noqa: SIM115
 
         def place_fds() -> None:
             os.dup2(cells_r, 3)
             os.dup2(events_w, 4)
+            os.dup2(acks_r, 5)
 
         self.proc = subprocess.Popen(
             ARGV[runtime], stdin=subprocess.DEVNULL, stdout=self.out, stderr=self.err, cwd=workdir,
-            preexec_fn=place_fds, pass_fds=(3, 4), start_new_session=True,
+            preexec_fn=place_fds, pass_fds=(3, 4, 5), start_new_session=True,
             env={"PATH": os.environ["PATH"], "HOME": str(workdir), "LANG": "C.UTF-8"},
         )
         os.close(cells_r)
         os.close(events_w)
+        os.close(acks_r)
         self.buffer = b""
         self.ids = 0
         assert self.event(10)["type"] == "ready"
@@ -97,7 +100,7 @@ class Driver:
             if event["type"] == "done":
                 break
             if event.get("ack"):
-                os.write(self.cells_w, b"\n")  # as the launcher does once it read the output before it
+                os.write(self.acks_w, b"\n")  # as the launcher does once it read the output before it
             displays.append(event)
         return event, displays, self._since(self.out, start_out), self._since(self.err, start_err)
 
@@ -117,6 +120,7 @@ class Driver:
             os.killpg(self.proc.pid, signal.SIGKILL)
             code = self.proc.wait()
         os.close(self.events_r)
+        os.close(self.acks_w)
         self.out.close()
         self.err.close()
         return code
