@@ -155,7 +155,9 @@ class Isol8Tools:
         self.target = target
 
     @asynccontextmanager
-    async def _client(self, session_id: str | None = None) -> AsyncIterator[AsyncRemoteIsol8]:
+    async def _client(
+        self, session_id: str | None = None, *, stateful: bool = False
+    ) -> AsyncIterator[AsyncRemoteIsol8]:
         """A client for one tool call.
 
         One per call because the client binds a session id, and calls over HTTP
@@ -164,7 +166,7 @@ class Isol8Tools:
         """
         client = AsyncRemoteIsol8(
             self.target.host, self.target.api_key, session_id, retry=self.target.retry,
-            transport=self.target.transport,
+            transport=self.target.transport, stateful=stateful,
         )
         try:
             yield client
@@ -214,13 +216,17 @@ class Isol8Tools:
         timeout_ms: Annotated[int | None, Field(
             ge=1, description="Time limit in milliseconds for this run (default: the server's, 30000), "
             "up to the tenant's cap.")] = None,
+        stateful: Annotated[bool, Field(
+            description="Keep a live interpreter in the session (python, node, bash): variables, imports and "
+            "functions carry over, the last expression's value and plots come back. Set it on the session's "
+            "first call (later calls may leave it out); it cannot be switched later. No stdin then.")] = False,
     ) -> Annotated[CallToolResult, SessionRunOutput]:
         """Run code in a persistent session: a sandbox that keeps its files between calls.
 
         Use it for work in several steps: write files, install or prepare data in one call,
         use them in the next. What persists is the /sandbox directory (the working
-        directory); each call is a new process, so variables in memory do not carry over:
-        save what you need to a file. The first call with a new session_id creates the
+        directory); each call is a new process, so variables in memory do not carry over
+        (save what you need to a file), unless the session is stateful. The first call with a new session_id creates the
         session with that runtime; later calls must use the same runtime. Only one call
         runs in a session at a time (a second one is refused while the first runs).
 
@@ -230,7 +236,7 @@ class Isol8Tools:
         """
         session = session_id or f"mcp-{secrets.token_hex(4)}"
         try:
-            async with self._client(session) as isol8:
+            async with self._client(session, stateful=stateful) as isol8:
                 result = await isol8.execute(code, runtime=runtime, stdin=stdin, timeout_ms=timeout_ms)
         except Isol8Error as exc:
             return tool_error(exc)
@@ -398,20 +404,32 @@ def run_text(result: ExecutionResult, session_id: str | None) -> str:
         lines.append("Output passed the server's output limit and was truncated.")
     lines += ["stdout:", result.stdout] if result.stdout else ["stdout: (empty)"]
     lines += ["stderr:", result.stderr] if result.stderr else ["stderr: (empty)"]
+    if result.value is not None and isinstance(result.value.get("text/plain"), str):
+        lines += ["value:", result.value["text/plain"]]  # a stateful session's cell: its last expression
+    if result.state_lost:
+        lines.append("The session's interpreter was restarted: variables of earlier cells are gone.")
     return "\n".join(lines)
 
 
 def rich_content(result: ExecutionResult) -> list[ContentBlock]:
-    """Content beyond text for an execution: the extension point for stateful sessions.
+    """A stateful cell's pictures for the model: each ``image/png`` / ``image/jpeg`` of its displays and value.
 
-    Stateful sessions (issue 15, not on the server yet) will add ``value``
-    (the last expression) and ``outputs`` (display data by MIME type) to a
-    result. When they land, ``value`` becomes a field of ``RunOutput`` and a
-    line of ``run_text``, and each ``image/png`` / ``image/jpeg`` output
-    becomes an ``ImageContent`` here, through ``image_block``, so the model sees
-    the plot. Results carry neither today, so there is nothing to add.
+    Bundles whose image is not valid base64 are left out (the text part still
+    says what the cell gave).
     """
-    return []
+    blocks: list[ContentBlock] = []
+    bundles = [o.get("data") for o in result.outputs if isinstance(o, dict)]
+    for bundle in [*bundles, result.value]:
+        if not isinstance(bundle, dict):
+            continue
+        for mime_type in ("image/png", "image/jpeg"):
+            data = bundle.get(mime_type)
+            if isinstance(data, str):
+                try:
+                    blocks.append(image_block(base64.b64decode(data, validate=True), mime_type))
+                except ValueError:
+                    pass
+    return blocks
 
 
 def image_block(data: bytes, mime_type: str) -> ImageContent:

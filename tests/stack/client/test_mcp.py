@@ -22,7 +22,7 @@ import pytest
 from mcp import ClientSession, StdioServerParameters
 from mcp.client.stdio import stdio_client
 from mcp.client.streamable_http import streamable_http_client
-from mcp_types import CallToolResult, TextContent
+from mcp_types import CallToolResult, ImageContent, TextContent
 
 from tests.conftest import Stack, free_port, one_mode
 from tests.stack.client.conftest import ISOL8, cli_env
@@ -216,3 +216,25 @@ def test_server_errors_reach_the_model_as_tool_errors_with_the_servers_message(
     assert text(download) == f"{expected.json()['error']} (404 not_found)"
     assert too_long.is_error is True
     assert text(too_long) == f"{over_cap.json()['error']} (403 policy_denied)"
+
+
+def test_a_stateful_session_keeps_variables_and_hands_the_model_its_plot(
+    connect: Connect, stack: Stack, session_ids: list[str]
+) -> None:
+    if stack.mode != "launcher":
+        pytest.skip("stateful sessions run in launcher mode")
+    name = f"mcp-nb-{time.monotonic_ns()}"
+    session_ids.append(name)
+    plot = "import matplotlib.pyplot as plt\nplt.figure(figsize=(2, 2), dpi=30)\nplt.plot([1, 2])\nx + 1"
+
+    async def scenario() -> tuple[CallToolResult, CallToolResult]:
+        async with connect() as session:
+            first = await session.call_tool("session_run", {"session_id": name, "code": "x = 41", "stateful": True})
+            second = await session.call_tool("session_run", {"session_id": name, "code": plot})
+            return first, second
+
+    first, second = run(scenario)
+    assert ok(first)["exitCode"] == 0
+    assert "value:\n42" in text(second)
+    [image] = [b for b in second.content if isinstance(b, ImageContent)]
+    assert image.mime_type == "image/png" and base64.b64decode(image.data)[:4] == b"\x89PNG"

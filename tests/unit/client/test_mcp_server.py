@@ -107,9 +107,31 @@ def test_session_run_without_an_id_starts_a_new_session_and_names_it(server: Moc
     assert result.structured_content is not None and result.structured_content["sessionId"] == body["sessionId"]
 
 
-def test_run_results_have_no_rich_content_until_stateful_sessions_exist() -> None:
-    # The extension point for `value` and image outputs (issue 15) adds nothing today.
-    assert m.rich_content(ExecutionResult.from_json(result_json(outputs=[{"image/png": "AAAA"}]))) == []
+def test_session_run_sends_stateful_only_when_asked(server: MockServer) -> None:
+    server.route("POST", "/execute", httpx.Response(200, json=result_json(value={"text/plain": "2"})))
+    result = run(tools(server).session_run("1 + 1", session_id="nb", stateful=True))
+    run(tools(server).session_run("2", session_id="plain"))
+    first, second = server.bodies("/execute")
+    assert first["stateful"] is True and "stateful" not in second
+    [block] = result.content
+    assert isinstance(block, TextContent) and "value:\n2" in block.text
+
+
+def test_a_stateful_cells_images_become_image_content_and_its_value_a_line() -> None:
+    png = base64.b64encode(b"\x89PNG\r\n\x1a\nfake").decode()
+    result = ExecutionResult.from_json(result_json(
+        outputs=[{"type": "display", "data": {"image/png": png, "text/plain": "<Figure>"}},
+                 {"type": "display", "data": {"image/png": "not base64!"}}],
+        value={"text/plain": "43", "image/jpeg": base64.b64encode(b"\xff\xd8jpeg").decode()},
+        stateLost=True,
+    ))
+    blocks = m.rich_content(result)
+    assert all(isinstance(b, ImageContent) for b in blocks)
+    assert [(b.mime_type, base64.b64decode(b.data)) for b in blocks if isinstance(b, ImageContent)] == [
+        ("image/png", b"\x89PNG\r\n\x1a\nfake"), ("image/jpeg", b"\xff\xd8jpeg")]
+    text = m.run_text(result, "nb")
+    assert "value:\n43" in text and "restarted" in text
+    assert m.rich_content(ExecutionResult.from_json(result_json())) == []
 
 
 # -- files -------------------------------------------------------------------------------
