@@ -12,7 +12,7 @@ from tests.stack.browser.conftest import screenshot
 
 pytestmark = [pytest.mark.stack, pytest.mark.browser, one_mode]
 
-OPERATIONS = 20
+OPERATIONS = 21
 
 
 def test_the_docs_page_draws_every_route_with_its_own_assets_and_can_call_one(page, stack):

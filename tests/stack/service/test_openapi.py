@@ -66,8 +66,9 @@ def test_the_document_is_valid_openapi_and_covers_every_route(stack):
     operations = {(method.upper(), path) for path, ops in document["paths"].items() for method in ops}
     assert {("POST", "/execute"), ("POST", "/execute/stream"), ("GET", "/executions/{execution_id}/events"),
             ("POST", "/file"), ("GET", "/file"), ("GET", "/sessions"), ("DELETE", "/session/{session_id}"),
-            ("GET", "/health"), ("GET", "/metrics"), ("POST", "/auth/keys"), ("POST", "/cleanup")} <= operations
-    assert len(operations) == 20, sorted(operations)
+            ("GET", "/health"), ("GET", "/metrics"), ("POST", "/auth/keys"), ("POST", "/cleanup"),
+            ("POST", "/session/{session_id}/restart")} <= operations
+    assert len(operations) == 21, sorted(operations)
     stream = document["paths"]["/execute/stream"]["post"]["responses"]
     assert list(stream["200"]["content"]) == ["text/event-stream"]
     assert stream["429"]["headers"]["Retry-After"]
