@@ -1,7 +1,8 @@
 # The bash shell of a stateful session: every cell is eval'd in this one shell.
 #
 # Started by the launcher (isol8_launcher/kernel.py) as the code user. A cell comes
-# on fd 3 as its text (the launcher's `export` lines first) ending in a NUL byte;
+# on fd 3 as its text ending in a NUL byte, the request's variables first as
+# `local -x` lines (eval'd in __isol8_cell, they are the cell's only);
 # after it, one JSON line {"type":"done",...,"exitCode":N} goes to fd 4. The
 # working directory, variables, functions and aliases persist between cells.
 #

@@ -143,8 +143,15 @@ class Kernel {
   }
 
   async cell(request) {
-    for (const [name, value] of Object.entries(request.env || {})) process.env[name] = String(value);
+    // The request's variables and secrets, for this cell only.
+    const env = Object.entries(request.env || {});
+    const before = env.map(([name]) => [name, process.env[name]]);
+    for (const [name, value] of env) process.env[name] = String(value);
     const [err, value] = await this.evaluate(String(request.code || ""), `<cell ${request.id || 0}>`);
+    for (const [name, previous] of before) {
+      if (previous === undefined) delete process.env[name];
+      else process.env[name] = previous;
+    }
     let exception = null;
     let bundle = null;
     if (err !== null) {

@@ -115,8 +115,9 @@ class Kernel:
     def cell(self, request: dict[str, Any]) -> None:
         cell_id = int(request.get("id") or 0)
         code = str(request.get("code") or "")
-        for name, text in (request.get("env") or {}).items():
-            os.environ[str(name)] = str(text)
+        env = {str(name): str(text) for name, text in (request.get("env") or {}).items()}
+        before = {name: os.environ.get(name) for name in env}
+        os.environ.update(env)  # the request's variables and secrets, for this cell only
         value: Any = None
         exception = None
         signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -139,6 +140,11 @@ class Kernel:
             self.show_figures()
         except Exception as exc:  # noqa: BLE001 - a failing repr is the cell's error
             exception = exception or self.report(exc)
+        for name, previous in before.items():
+            if previous is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = previous
         self.emit({"type": "done", "id": cell_id, "status": "error" if exception else "ok",
                    "value": bundle, "exception": exception})
 

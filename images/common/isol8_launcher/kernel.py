@@ -9,7 +9,8 @@ The kernel gets four descriptors besides its stdin (at EOF):
 
     1, 2   its stdout and stderr: pipes this launcher reads during a cell
     3      cells, from us: a JSON line ``{"id", "code", "env"}`` each (bash: the
-           code, ``export`` lines first, ending in a NUL byte)
+           code, ``local -x`` lines first, ending in a NUL byte); a request's
+           variables and secrets are the cell's only, later cells do not see them
     4      events, to us: JSON lines ``ready``, ``display`` (a MIME bundle) and
            one ``done`` per cell (its value, its exception), written after the
            cell's output was flushed
@@ -129,7 +130,8 @@ class Kernel:
     def send(self, cell_id: int, code: str, env: dict[str, str]) -> None:
         """Hand the kernel a cell; raises OSError when it is gone."""
         if self.runtime == "bash":
-            exports = "".join(f"export {name}={_shell_quote(value)}\n" for name, value in env.items())
+            # The kernel evals the cell inside a function: `local -x` scopes them to this cell.
+            exports = "".join(f"local -x {name}={_shell_quote(value)}\n" for name, value in env.items())
             data = (exports + code).replace("\0", "").encode() + b"\0"
         else:
             data = (json.dumps({"id": cell_id, "code": code, "env": env}) + "\n").encode()

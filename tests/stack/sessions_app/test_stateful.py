@@ -179,6 +179,14 @@ def test_two_cells_never_run_at_once(api, launcher):
     assert text(slow) == "'slept'"
 
 
+def test_a_requests_env_and_secrets_are_the_cells_only_and_masked(api, launcher):
+    first = cell(api, "env", "import os\nprint(os.environ['TOKEN'], os.environ['MODE'])\nos.environ['TOKEN']",
+                 options={"secrets": {"TOKEN": "s3cr3t-value"}}, env={"MODE": "fast"})
+    assert first["stdout"] == "*** fast" and text(first) == "'***'"
+    later = cell(api, "env", "[os.environ.get('TOKEN'), os.environ.get('MODE')]")
+    assert text(later) == "[None, None]"
+
+
 def test_the_interpreter_runs_as_the_sandbox_user(api, launcher):
     result = cell(api, "who", "import os\nprint(os.getuid(), os.getgid())\nos.listdir('/proc/1/fd')")
     uid = int(result["stdout"].split()[0])

@@ -77,7 +77,7 @@ class Driver:
     def send(self, code: str, env: dict[str, str] | None = None) -> None:
         self.ids += 1
         if self.runtime == "bash":
-            exports = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in (env or {}).items())
+            exports = "".join(f"local -x {k}={shlex.quote(v)}\n" for k, v in (env or {}).items())
             data = (exports + code).encode() + b"\0"
         else:
             data = (json.dumps({"id": self.ids, "code": code, "env": env or {}}) + "\n").encode()
@@ -232,6 +232,10 @@ def test_python_exit_in_a_cell_keeps_the_interpreter_env_reaches_it(kernel: Driv
     assert kernel.cell("sys.exit(3)")[0]["exception"]["ename"] == "SystemExit"
     done, _, _, _ = kernel.cell("import os\nos.environ['GREETING']", env={"GREETING": "hej"})
     assert done["value"] == {"text/plain": "'hej'"}
+    assert kernel.cell("os.environ.get('GREETING')")[0]["value"] is None  # the request's, not the session's
+    kernel.cell("os.environ['MINE'] = 'kept'")
+    kernel.cell("os.environ['MINE']", env={"MINE": "lent"})
+    assert kernel.cell("os.environ['MINE']")[0]["value"] == {"text/plain": "'kept'"}
     assert kernel.cell("__name__")[0]["value"] == {"text/plain": "'__main__'"}
 
 
@@ -305,6 +309,7 @@ def test_node_interrupt_breaks_a_loop_and_keeps_the_state(kernel: Driver) -> Non
 def test_node_env_reaches_process_env(kernel: Driver) -> None:
     done, _, _, _ = kernel.cell("process.env.GREETING", env={"GREETING": "hej"})
     assert done["value"] == {"text/plain": "'hej'"}
+    assert kernel.cell("process.env.GREETING")[0]["value"] is None  # the request's, not the session's
 
 
 # ---------------------------------------------------------------------- bash
@@ -322,8 +327,9 @@ def test_bash_keeps_cwd_variables_and_functions(kernel: Driver) -> None:
 def test_bash_exit_code_and_env(kernel: Driver) -> None:
     done, _, _, err = kernel.cell("echo oops >&2; false")
     assert done["status"] == "error" and done["exitCode"] == 1 and err == "oops\n"
-    done, _, out, _ = kernel.cell('echo "$GREETING"', env={"GREETING": "it's"})
-    assert out == "it's\n"
+    done, _, out, _ = kernel.cell('echo "$GREETING"; bash -c \'echo "child $GREETING"\'', env={"GREETING": "it's"})
+    assert out == "it's\nchild it's\n"
+    assert kernel.cell('echo "[${GREETING-unset}]"')[2] == "[unset]\n"  # the request's, not the session's
 
 
 @bash
