@@ -42,6 +42,7 @@ class Follower:
     cluster: Cluster
     request: dict[str, Any]
     drop_after: int | None = None  # close the stream after this many events (a client that goes away)
+    body: dict[str, Any] = field(default_factory=dict)  # more of the body: sessionId, stateful
     events: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
     execution_id: str | None = None
     status: int | None = None
@@ -55,7 +56,8 @@ class Follower:
     def _read(self) -> None:
         try:
             with self.cluster.client(timeout=180) as client, client.stream(
-                "POST", "/execute/stream", json={"request": self.request}, headers={"Accept": "text/event-stream"}
+                "POST", "/execute/stream", json={"request": self.request, **self.body},
+                headers={"Accept": "text/event-stream"},
             ) as response:
                 self.status = response.status_code
                 self.execution_id = response.headers.get("X-Execution-Id")
@@ -145,6 +147,41 @@ def test_a_killed_worker_is_restarted_and_its_streams_end_cleanly(stack, tmp_pat
         assert all(c.created >= restarted - 1 for c in cluster.containers()), cluster.containers()
         assert stuck_executions(cluster) == 0
         assert "restarting it" in cluster.log.read_text()
+
+
+def test_a_worker_killed_during_a_stateful_cell_ends_its_stream_and_the_session_goes_on(stack, tmp_path):
+    """Issue 18: the worker dies during a cell; the stream ends, and the session's interpreter is usable after."""
+    if stack.mode != "launcher":
+        pytest.skip("stateful sessions run in launcher mode")
+    session = {"sessionId": "nb-fault", "stateful": True}
+    with private_cluster(tmp_path, stack.env) as cluster:
+        time.sleep(10)  # past serve's start-up window: from here on a dead child is restarted
+        with cluster.client() as client:
+            first = client.post("/execute", json={"request": {"runtime": "python", "code": "kept = 7"}, **session})
+            assert first.status_code == 200 and first.json()["exitCode"] == 0, first.text
+        follower = Follower(cluster, ticking(60, 0.5), body=session).start()
+        wait_until(lambda: "stdout" in follower.types, 60, "the cell did not start")
+        old = cluster.worker_pids()
+        os.kill(old[0], signal.SIGKILL)
+        follower.done.wait(60)
+        assert_stream_ended_cleanly(follower)
+        wait_until(lambda: cluster.worker_pids() and cluster.worker_pids() != old, 30, "worker not restarted")
+        with cluster.client() as client:
+            wait_until(lambda: client.get("/health").status_code == 200, 30, "not healthy again")
+            record = client.get(f"/executions/{follower.execution_id}").json()
+            assert record["status"] == "error", record
+            after: dict[str, Any] = {}
+
+            def cell_runs() -> bool:
+                answer = client.post("/execute", json={"request": {"runtime": "python", "code": "kept"}, **session})
+                after.update(answer.json())
+                return answer.status_code == 200
+
+            wait_until(cell_runs, 60, f"the session took no cell after the restart: {after}")
+            # The interpreter outlived the worker (it is the launcher's), or says it did not.
+            assert after["value"] == {"text/plain": "7"} or after["stateLost"] is True, after
+            print(f"\nafter the worker's restart: value {after['value']}, stateLost {after['stateLost']}")
+        assert stuck_executions(cluster) == 0
 
 
 # ---------------------------------------------------------------- 17. Redis restart
