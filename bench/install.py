@@ -22,16 +22,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.stack import (
-    DEFAULT_EVENTS_REDIS_URL,
-    DEFAULT_REDIS_URL,
-    TENANT,
-    BenchEnv,
-    Stack,
-    bench_env,
-    remove_containers,
-    setup_django,
-)
+from bench.stack import TENANT, Stack, on_own_stack
 
 CASES = [
     ("python", ["six"], "import six; print(six.__name__)", "six"),
@@ -81,16 +72,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=20)
     args = parser.parse_args()
-    env: BenchEnv = bench_env(mode="launcher", redis_url=DEFAULT_REDIS_URL, events_redis_url=DEFAULT_EVENTS_REDIS_URL)
-    setup_django(env)
-    stack = Stack(env=env, worker_threads=8, runtimes=["python", "node"])
-    try:
-        stack.start()
+
+    def installs_allowed(stack: Stack) -> list[tuple[str, float, float, float]]:
         allow_installs(TENANT)
-        rows = measure(stack.url, stack.key, args.runs)
-    finally:
-        stack.stop()
-        remove_containers([env.host])
+        return measure(stack.url, stack.key, args.runs)
+
+    rows = on_own_stack(["python", "node"], installs_allowed)
     header = f"{'package set':22s} {'first install':>14s} {'cached p50':>11s} {'no packages p50':>16s}"
     print(f"\n{header}  (ms, {args.runs} runs)")
     for name, first, cached, bare in rows:

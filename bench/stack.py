@@ -17,13 +17,15 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, TypeVar
 
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
+T = TypeVar("T")
 TENANT = "bench"
 # Quotas far above anything the benchmark asks for: the figures must show the
 # service's speed, not the default tenant quota (5 concurrent, 120 per minute).
@@ -251,3 +253,16 @@ def remove_containers(hosts: list[str]) -> int:
             containers.remove_container(container.id)
             removed += 1
     return removed
+
+
+def on_own_stack(runtimes: list[str], measure: Callable[[Stack], T]) -> T:
+    """``measure(stack)`` on a launcher-mode stack of its own, stopped and its containers removed after."""
+    env = bench_env(mode="launcher", redis_url=DEFAULT_REDIS_URL, events_redis_url=DEFAULT_EVENTS_REDIS_URL)
+    setup_django(env)
+    stack = Stack(env=env, worker_threads=8, runtimes=runtimes)
+    try:
+        stack.start()
+        return measure(stack)
+    finally:
+        stack.stop()
+        remove_containers([env.host])

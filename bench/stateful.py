@@ -27,15 +27,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.measure import percentile
-from bench.stack import (
-    DEFAULT_EVENTS_REDIS_URL,
-    DEFAULT_REDIS_URL,
-    BenchEnv,
-    Stack,
-    bench_env,
-    remove_containers,
-    setup_django,
-)
+from bench.stack import on_own_stack
 
 # (runtime, the cell's code and the value it gives, a program printing the same)
 CASES = [
@@ -106,15 +98,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=50)
     args = parser.parse_args()
-    env: BenchEnv = bench_env(mode="launcher", redis_url=DEFAULT_REDIS_URL, events_redis_url=DEFAULT_EVENTS_REDIS_URL)
-    setup_django(env)
-    stack = Stack(env=env, worker_threads=8, runtimes=["python", "node"])
-    try:
-        stack.start()
-        rows = measure(stack.url, stack.key, args.runs)
-    finally:
-        stack.stop()
-        remove_containers([env.host])
+    rows = on_own_stack(["python", "node"], lambda stack: measure(stack.url, stack.key, args.runs))
     report(rows, args.runs)
     return 0
 

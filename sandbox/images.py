@@ -69,8 +69,13 @@ def image_exists(name: str) -> bool:
     return dockerapi.image_labels(name) is not None
 
 
+@cache
 def science_image() -> str | None:
-    """The python-science image for a stateful python session, when it is configured and built."""
+    """The python-science image for a stateful python session, when it is configured and built.
+
+    Looked up once per process, like ``image_hash``: a session's start asks
+    the engine nothing more (the image is built before the worker starts).
+    """
     if not current().science_image:
         return None
     name = image_name(SCIENCE)
